@@ -1,0 +1,100 @@
+"""The backbone contract: a pretrained encoder that tokenizes cells and declares insertion points.
+
+A backbone plugin registers a subclass through ``sctune_register_backbones``. Heavy imports
+(torch models, transformers) belong inside the methods so that listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sctune.core.cells import Expression, GeneMatch, TokenizedCells
+    from sctune.core.config import PluginConfig
+    from sctune.core.capabilities import Capability
+    from sctune.core.surfaces import Surfaces
+
+
+class Backbone(ABC):
+    """A single-cell foundation model.
+
+    Class attributes
+    ----------------
+    name
+        Registry name used in recipes (``backbone.name``).
+    config_cls
+        The pydantic model of its recipe options (a :class:`sctune.core.config.PluginConfig`).
+    provides
+        The insertion points (:class:`~sctune.core.surfaces.Capability`) its modules offer; checked
+        against ``Adapter.requires`` at ``sctune validate`` time, before anything is built.
+    description, licence
+        Shown by ``sctune plugins``.
+
+    The module returned by :meth:`build` must have an ``int`` attribute ``hidden_size`` and a
+    ``forward(batch: dict[str, Tensor]) -> EncoderOutput``, where ``batch`` comes from
+    ``TokenizedCells.collate``.
+
+    Newly initialised parts that belong with the head rather than the pretrained encoder
+    (Geneformer's BERT pooler, scBERT's convolutional head stem) are listed by name in the module
+    attribute ``fresh_modules: tuple[str, ...]`` (submodule names, default empty). The engine
+    trains them in every trained method and saves them with the head.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[PluginConfig]]
+    provides: ClassVar[frozenset[Capability]]
+    description: ClassVar[str] = ""
+    licence: ClassVar[str] = ""
+
+    @abstractmethod
+    def build(self, config: PluginConfig, *, load_weights: bool = True) -> nn.Module:
+        """Build the module and load its pretrained weights (random init when the config has none).
+
+        ``load_weights=False`` builds the architecture only (e.g. on the meta device for counts).
+        Raise :class:`~sctune.core.errors.CheckpointError` for any key or shape surprise.
+        """
+
+    @abstractmethod
+    def gene_match(self, genes: Sequence[str], config: PluginConfig) -> GeneMatch:
+        """Report how ``genes`` map to the vocabulary (without tokenizing)."""
+
+    @abstractmethod
+    def tokenize(self, expr: Expression, config: PluginConfig, *, seed: int) -> TokenizedCells:
+        """Turn every cell into tokens. Raise :class:`~sctune.core.errors.DataError` when no gene
+        maps or the expression kind cannot be used."""
+
+    @abstractmethod
+    def surfaces(self, module: nn.Module) -> Surfaces:
+        """Return the insertion points of a module built by :meth:`build`."""
+
+    def resolve(self, config: PluginConfig, *, genes: Sequence[str], run_dir: Path) -> PluginConfig:
+        """Fill data-dependent options before :meth:`build`; return the (new, frozen) config.
+
+        Called once per run with the data's gene identifiers. A randomly initialised backbone with
+        no vocabulary file builds one from ``genes`` and writes it into ``run_dir``, returning a
+        config that points at it, so ``sctune predict`` rebuilds the same model. Default: unchanged.
+        """
+        return config
+
+    @classmethod
+    def example_config(cls, workdir: Path, genes: Sequence[str]) -> dict[str, object]:
+        """Recipe options (without ``name``) for a tiny, randomly initialised CPU instance.
+
+        Writes any files it needs (vocabularies, checkpoints in the real format) into ``workdir``.
+        The registry-driven test matrix and ``sctune.testing`` use it, so a third-party backbone
+        joins the matrix by implementing this. ``genes`` are the symbols of the test data.
+        """
+        raise NotImplementedError(f"backbone '{cls.name}' provides no example_config")
+
+    def fingerprint(self, config: PluginConfig) -> dict[str, str]:
+        """Hashes binding a run to its pretrained files (checkpoint, vocabulary). ``{}`` if none."""
+        return {}
+
+    def check(self, config: PluginConfig) -> list[tuple[str, str]]:
+        """Cheap validate-time checks: ``(dotted key, message)`` for each problem (missing files)."""
+        return []

@@ -1,0 +1,136 @@
+"""Data handed between the core and backbones: expression in, tokens out, embeddings back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import sparse
+
+ExpressionKind = Literal["counts", "lognorm", "scaled"]
+
+
+@dataclass(frozen=True)
+class Expression:
+    """The cells a backbone tokenizes, after the core picked the matrix and detected its kind.
+
+    Attributes
+    ----------
+    X
+        ``(cells, genes)`` CSR float32 matrix: raw counts, log1p-normalised values or scaled
+        values, as ``kind`` says.
+    genes
+        Gene identifiers in column order (``data.gene_column`` or ``var_names``).
+    kind
+        ``"counts"`` (non-negative integers), ``"lognorm"`` (non-negative, non-integer) or
+        ``"scaled"`` (has negatives; unusable by every built-in backbone).
+    library_size
+        Per-cell total counts over the full library when known (``obs['n_counts']``), else the
+        row sums of ``X`` for counts, else ``None``.
+    cell_ids
+        ``obs_names`` in row order.
+    gene_symbols
+        Gene symbols in column order when the data has them beside other identifiers
+        (e.g. ``var['gene_symbol']`` next to Ensembl ``var_names``), else ``None``.
+    """
+
+    X: sparse.csr_matrix
+    genes: tuple[str, ...]
+    kind: ExpressionKind
+    library_size: np.ndarray | None
+    cell_ids: tuple[str, ...]
+    gene_symbols: tuple[str, ...] | None = None
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True)
+class GeneMatch:
+    """How the data's genes map onto a backbone vocabulary (reported by preflight)."""
+
+    n_genes: int
+    n_matched: int
+    vocabulary_size: int
+    namespace: str  # "symbol" | "ensembl" | ...
+    via: str = "identifier"  # e.g. "symbol -> ensembl map"
+    dropped_examples: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def fraction(self) -> float:
+        return self.n_matched / self.n_genes if self.n_genes else 0.0
+
+    def summary(self) -> str:
+        text = (
+            f"matched {self.n_matched:,} of {self.n_genes:,} genes ({self.fraction:.1%}) to a "
+            f"{self.vocabulary_size:,}-token {self.namespace} vocabulary via {self.via}"
+        )
+        if self.dropped_examples:
+            text += "; dropped e.g. " + ", ".join(f"'{g}'" for g in self.dropped_examples[:5])
+        return text
+
+
+@dataclass
+class TokenizedCells(torch.utils.data.Dataset):
+    """Per-cell token arrays of variable length, padded per batch by :meth:`collate`.
+
+    ``fields`` maps a batch key to one 1-D array per cell (all fields of a cell have the same
+    length). ``pad_values`` gives each field's padding value; ``dtypes`` its torch dtype.
+    :meth:`collate` adds ``padding_mask`` (bool, ``True`` = padding).
+    """
+
+    fields: Mapping[str, Sequence[np.ndarray]]
+    pad_values: Mapping[str, float]
+    dtypes: Mapping[str, torch.dtype]
+    gene_match: GeneMatch | None = None
+    meta: dict[str, object] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields.values())))
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return {k: v[i] for k, v in self.fields.items()}
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedCells:
+        idx = [int(i) for i in indices]
+        return TokenizedCells(
+            fields={k: [v[i] for i in idx] for k, v in self.fields.items()},
+            pad_values=self.pad_values,
+            dtypes=self.dtypes,
+            gene_match=self.gene_match,
+            meta=self.meta,
+        )
+
+    def collate(self, items: Sequence[Mapping[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        lengths = [len(next(iter(item.values()))) for item in items]
+        width = max(lengths)
+        batch: dict[str, torch.Tensor] = {}
+        for key in self.fields:
+            out = np.full((len(items), width), self.pad_values[key], dtype=np.float64)
+            for row, item in enumerate(items):
+                out[row, : len(item[key])] = item[key]
+            batch[key] = torch.as_tensor(out).to(self.dtypes[key])
+        mask = np.ones((len(items), width), dtype=bool)
+        for row, n in enumerate(lengths):
+            mask[row, :n] = False
+        batch["padding_mask"] = torch.as_tensor(mask)
+        return batch
+
+
+@dataclass
+class EncoderOutput:
+    """What a backbone module's ``forward(batch)`` returns.
+
+    ``cell`` is the cell embedding ``(batch, hidden)``; ``tokens`` the per-position outputs
+    ``(batch, length, hidden)`` with prompt positions already stripped, aligned with
+    ``padding_mask``.
+    """
+
+    cell: torch.Tensor
+    tokens: torch.Tensor | None = None
+    padding_mask: torch.Tensor | None = None
