@@ -33,8 +33,14 @@ class Expression:
     cell_ids
         ``obs_names`` in row order.
     gene_symbols
-        Gene symbols in column order when the data has them beside other identifiers
+        Gene symbols in column order when the data has a symbol column beside the identifiers
         (e.g. ``var['gene_symbol']`` next to Ensembl ``var_names``), else ``None``.
+    gene_ids
+        Ensembl gene ids in column order when the data has an id column beside symbol
+        identifiers (``var['gene_ids']``, ``var['ensembl_id']``), else ``None``.
+
+    A backbone picks the namespace its vocabulary uses: ``genes`` first, then the alternates;
+    :func:`looks_like_ensembl` tells the two apart.
     """
 
     X: sparse.csr_matrix
@@ -43,10 +49,20 @@ class Expression:
     library_size: np.ndarray | None
     cell_ids: tuple[str, ...]
     gene_symbols: tuple[str, ...] | None = None
+    gene_ids: tuple[str, ...] | None = None
 
     @property
     def n_cells(self) -> int:
         return int(self.X.shape[0])
+
+
+def looks_like_ensembl(genes: Sequence[str], *, threshold: float = 0.5) -> bool:
+    """True when most identifiers look like Ensembl gene ids (``ENSG...``, ``ENSMUSG...``)."""
+    genes = list(genes)
+    if not genes:
+        return False
+    hits = sum(1 for g in genes if str(g).upper().startswith("ENS") and any(c.isdigit() for c in g))
+    return hits / len(genes) >= threshold
 
 
 @dataclass(frozen=True)
