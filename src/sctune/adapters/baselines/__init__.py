@@ -1,0 +1,1 @@
+"""Baselines as adapter plugins: full fine-tuning, head only, zero-shot kNN."""

@@ -1,0 +1,3 @@
+from sctune.cli.main import main
+
+main()

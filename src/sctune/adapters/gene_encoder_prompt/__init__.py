@@ -1,0 +1,1 @@
+"""Gene encoder prompt (scPEFT "encoder adapter"): bottlenecks after attention, beside the FFN."""

@@ -1,0 +1,1 @@
+"""LoRA on the attention (and optionally FFN) projections, packed projections included."""

@@ -1,0 +1,1 @@
+"""Prefix prompt (scPEFT, VPT-deep style): learned tokens inserted before selected blocks."""

@@ -1,0 +1,1 @@
+"""Geneformer backbone: transformers' BERT over rank-value encoded Ensembl gene tokens."""

@@ -1,0 +1,1 @@
+"""scGPT backbone: encoder, checkpoint loader and tokeniser (see docs/backbones/scgpt.md)."""

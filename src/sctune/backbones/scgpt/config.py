@@ -1,0 +1,86 @@
+"""Recipe options of the ``scgpt`` backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from sctune.core.config import PluginConfig
+
+ARCH_FIELDS = ("embsize", "nheads", "d_hid", "nlayers")
+
+
+class ScGPTConfig(PluginConfig):
+    """Options of the scGPT backbone (``backbone:`` block of a recipe)."""
+
+    checkpoint: Path | None = Field(
+        default=None,
+        description=(
+            "scGPT checkpoint folder with 'args.json', 'vocab.json' and 'best_model.pt' "
+            "(e.g. scGPT_human); unset = random initialisation"
+        ),
+    )
+    vocab: Path | None = Field(
+        default=None,
+        description=(
+            "vocab.json (gene symbol -> id) for a randomly initialised model; unset = built from "
+            "the data's genes into the run folder. Not allowed with 'checkpoint', whose own "
+            "vocab.json is always used"
+        ),
+    )
+    embsize: int = Field(
+        default=512,
+        gt=0,
+        description="hidden size; random init only (a checkpoint's args.json decides otherwise)",
+    )
+    nheads: int = Field(default=8, gt=0, description="attention heads; random init only")
+    d_hid: int = Field(default=512, gt=0, description="feed-forward width; random init only")
+    nlayers: int = Field(default=12, gt=0, description="encoder layers; random init only")
+    dropout: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="dropout on the value embedding, attention output and FFN (scGPT: 0.2)",
+    )
+    attention_dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "dropout on the attention probabilities (scGPT pretraining: 0.2). Any value > 0 "
+            "forces the slow O(L^2)-memory attention kernel on CPU; 0 is sctune's default"
+        ),
+    )
+    max_seq_len: int = Field(
+        default=2001,
+        ge=2,
+        description="tokens per cell incl. <cls>; cells with more expressed genes keep a seeded "
+        "random subset (scPEFT: 2001, scGPT pretraining: 1200)",
+    )
+    n_bins: int = Field(
+        default=51, ge=3, description="expression bins incl. the zero bin (scGPT: 51)"
+    )
+    min_gene_match: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="refuse data where fewer than this fraction of genes is in the vocabulary",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ScGPTConfig:
+        if self.checkpoint is not None and self.vocab is not None:
+            raise ValueError(
+                "set either 'checkpoint' or 'vocab', not both: a checkpoint always uses its own "
+                "vocab.json"
+            )
+        if self.embsize % self.nheads:
+            raise ValueError(
+                f"'embsize' ({self.embsize}) must be divisible by 'nheads' ({self.nheads})"
+            )
+        return self
+
+    def explicit_arch(self) -> dict[str, int]:
+        """Architecture values the recipe set explicitly (checked against args.json)."""
+        return {k: getattr(self, k) for k in ARCH_FIELDS if k in self.model_fields_set}

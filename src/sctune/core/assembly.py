@@ -1,0 +1,94 @@
+"""Assemble backbone + adapters + head into one trainable model, with an exact trainable set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from sctune.core.adapter import AdapterHandle
+from sctune.core.errors import CompatibilityError
+
+
+class CellModel(nn.Module):
+    """``backbone`` (frozen except what adapters enable) + task ``head`` on the cell embedding."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.backbone(batch)
+        return out.cell, self.head(out.cell)
+
+
+@dataclass
+class Assembled:
+    model: CellModel
+    handles: list[AdapterHandle]
+    trainable: dict[str, nn.Parameter] = field(default_factory=dict)
+    adapter_names: list[str] = field(default_factory=list)  # parameters saved as "adapter"
+    head_names: list[str] = field(default_factory=list)  # head + fresh backbone modules
+
+    def merge(self) -> None:
+        for h in self.handles:
+            if h.merge is not None:
+                h.merge()
+
+
+def assemble(backbone_plugin: Any, backbone_cfg: Any, adapters: list[tuple[Any, Any]], task: Any,
+             task_cfg: Any, prepared: Any, *, load_weights: bool = True,
+             module: nn.Module | None = None) -> Assembled:
+    """Build the backbone, freeze it, apply each adapter, add the head; return the exact trainable set."""
+    if module is None:
+        module = backbone_plugin.build(backbone_cfg, load_weights=load_weights)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    surfaces = backbone_plugin.surfaces(module)
+    handles = []
+    for plugin, cfg in adapters:
+        missing = set(getattr(plugin, "requires_for", lambda c: plugin.requires)(cfg)) - set(surfaces.provides())
+        if missing:
+            raise CompatibilityError(
+                f"adapter '{plugin.name}' needs {', '.join(sorted(map(str, missing)))}, which this "
+                f"'{backbone_plugin.name}' module does not provide"
+            )
+        handles.append(plugin.apply(module, surfaces, cfg))
+    enabled: set[int] = set()
+    for h in handles:
+        for p in h.parameters:
+            p.requires_grad_(True)
+            enabled.add(id(p))
+    fresh = tuple(getattr(module, "fresh_modules", ()))
+    fresh_ids: set[int] = set()
+    for name in fresh:
+        for p in module.get_submodule(name).parameters():
+            p.requires_grad_(True)
+            fresh_ids.add(id(p))
+    head = task.head(int(module.hidden_size), prepared, task_cfg)
+    model = CellModel(module, head)
+    out = Assembled(model, handles)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        out.trainable[name] = p
+        if name.startswith("head.") or id(p) in fresh_ids:
+            out.head_names.append(name)
+        else:
+            out.adapter_names.append(name)
+    return out
+
+
+def count_parameters(model: nn.Module, depth: int = 2) -> list[dict[str, Any]]:
+    """Total and trainable parameters per module, down to ``depth`` levels of names."""
+    rows: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        key = ".".join(parts[: min(depth, len(parts) - 1)]) or name
+        r = rows.setdefault(key, [0, 0])
+        r[0] += p.numel()
+        r[1] += p.numel() if p.requires_grad else 0
+    return [{"module": k, "total": v[0], "trainable": v[1]} for k, v in rows.items()]

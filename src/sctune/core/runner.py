@@ -1,0 +1,278 @@
+"""One run, start to finish: data, split, tokens, model, training, evaluation, run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sctune.core import artifacts as A
+from sctune.core.assembly import assemble, count_parameters
+from sctune.core.data import load_data, preflight_labels, split_cells, write_split
+from sctune.core.registry import distribution_version, plugin_versions
+
+
+def _components(rec: Any, registry: Any) -> tuple[Any, list[tuple[Any, Any]], Any]:
+    backbone = registry.instance("backbone", rec.backbone.name)
+    adapters = [(registry.instance("adapter", a.name), a.config) for a in rec.adapters]
+    task = registry.instance("task", rec.task.name)
+    return backbone, adapters, task
+
+
+def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Callable[[str], None]) -> Any:
+    import torch
+
+    from sctune.api import RunResult, env_info
+    from sctune.core.trainer import RunContext, embed_and_score, fit, make_accelerator
+
+    seed = rec.envelope.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if rec.trainer.num_threads:
+        torch.set_num_threads(rec.trainer.num_threads)
+    backbone, adapters, task = _components(rec, registry)
+
+    data = load_data(rec.data, seed=seed)
+    expr = data.expression
+    log(f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})")
+    for note in data.notes:
+        log(f"  note: {note}")
+    split = split_cells(data.obs, data.labels, rec.data.split, seed=seed)
+    write_split(run_dir / A.SPLIT, list(expr.cell_ids), split, dataset=rec.data.path, seed=seed,
+                method=rec.data.split.method)
+    pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
+    for line in pre.info:
+        log(line)
+    for w in pre.warnings:
+        log(f"warning: {w}")
+    pre.raise_errors()
+
+    bcfg = backbone.resolve(rec.backbone.config, genes=list(expr.genes), run_dir=run_dir)
+    if getattr(bcfg, "checkpoint", "given") is None:
+        log(f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
+            "numbers measure the architecture + adapter, not pretrained knowledge")
+    tokens = backbone.tokenize(expr, bcfg, seed=seed)
+    if tokens.gene_match is not None:
+        log(f"genes: {tokens.gene_match.summary()}")
+    prepared = task.prepare(data.labels, split, rec.task.config)
+    targets = task.targets(data.labels, prepared)
+
+    acc = make_accelerator(rec.trainer)
+    asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
+    model = asm.model
+    n_train = sum(p.numel() for p in asm.trainable.values())
+    n_total = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_total:,} parameters, {n_train:,} trainable ({100 * n_train / max(n_total, 1):.2f}%); "
+        f"adapters: {', '.join(a.name for a in rec.adapters)}; device {acc.device}")
+
+    ctx = RunContext(rec, run_dir, asm, acc)
+    registry.pm.hook.sctune_before_run(run=ctx)
+    trains = all(a.trains for a, _ in adapters)
+    cache = any(h.info.get("cache_embeddings") for h in asm.handles) and not asm.adapter_names \
+        and not any(n for n in asm.head_names if not n.startswith("head."))
+    model.to(acc.device)
+    fit_result = None
+    if trains and rec.trainer.epochs > 0:
+        writer = _tensorboard(rec, run_dir)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if writer is not None:
+                for k, v in metrics.items():
+                    writer.add_scalar(k, v, epoch)
+            registry.pm.hook.sctune_after_epoch(run=ctx, epoch=epoch, metrics=metrics)
+
+        fit_result = fit(
+            ctx=ctx, task=task, task_cfg=rec.task.config, prepared=prepared,
+            train=tokens.subset(split["train"]), valid=tokens.subset(split["valid"]),
+            train_targets=targets[split["train"]], valid_targets=targets[split["valid"]],
+            trainer_cfg=rec.trainer, seed=seed, cache_embeddings=cache, on_epoch=on_epoch,
+            log_path=run_dir / A.TRAIN_LOG, progress=progress,
+        )
+        if writer is not None:
+            writer.close()
+        if fit_result.audit is not None:
+            A.write_json(run_dir / A.AUDIT, fit_result.audit.as_dict())
+        model = asm.model
+    model.to(acc.device)
+    for h in asm.handles:
+        if h.merge is not None and h.info.get("merge_for_inference"):
+            h.merge()
+
+    emb, logits = embed_and_score(model, tokens, rec.trainer.eval_batch_size, acc)
+    ref = None
+    if not trains:  # zero-shot: kNN from training cells
+        ref = emb[split["train"]]
+        logits = task.transfer(ref, targets[split["train"]], emb, prepared, rec.task.config)
+    test = split["test"] if len(split["test"]) else split["valid"]
+    test_metrics = task.evaluate(
+        logits=logits[test], targets=targets[test], embeddings=emb[test], prepared=prepared,
+        config=rec.task.config, out_dir=run_dir if rec.envelope.output.plots else None,
+    )
+    pred, conf = task.predict(logits, prepared)
+
+    sizes = _save_weights(run_dir, asm, backbone, bcfg, rec, task, prepared, expr, ref, targets, split)
+    metrics: dict[str, Any] = {
+        "test": test_metrics,
+        "n_cells": {k: int(len(v)) for k, v in split.items()},
+        "parameters": {"total": n_total, "trainable": n_train,
+                       "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names),
+                       "head": sum(asm.trainable[n].numel() for n in asm.head_names)},
+        "artifact_bytes": sizes,
+        "backbone_randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
+    }
+    if fit_result is not None:
+        metrics["train"] = {"epochs_run": len(fit_result.history), "best_epoch": fit_result.best_epoch,
+                            "seconds": round(fit_result.seconds, 2), "peak_gpu_memory_mb": fit_result.peak_memory_mb,
+                            "last": fit_result.history[-1] if fit_result.history else {}}
+    A.write_json(run_dir / A.METRICS, metrics)
+    (run_dir / A.RECIPE).write_text(yaml.safe_dump(_with_backbone(rec.resolved(), bcfg), sort_keys=False))
+    names = [("backbone", rec.backbone.name), ("task", rec.task.name), *[("adapter", a.name) for a in rec.adapters]]
+    env = {**env_info(), "plugins": plugin_versions(registry, names),
+           "accelerate": distribution_version("accelerate"), "device": str(acc.device)}
+    A.write_json(run_dir / A.ENV, env)
+    if rec.envelope.output.predictions:
+        _write_predictions(run_dir, rec, data, split, pred, conf, emb)
+    files = {p.name: p for p in sorted(run_dir.iterdir())}
+    result = RunResult(run_dir, metrics, files)
+    registry.pm.hook.sctune_after_run(run=ctx, result=result)
+    t = test_metrics
+    log(f"test: accuracy {t['accuracy']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "
+        f"macro F1 {t['macro_f1']:.4f}  ({len(test)} cells)")
+    log(f"run directory: {run_dir}")
+    return result
+
+
+def _with_backbone(resolved: dict[str, Any], bcfg: Any) -> dict[str, Any]:
+    resolved["backbone"] = {"name": resolved["backbone"]["name"], **bcfg.model_dump(mode="json")}
+    return resolved
+
+
+def _tensorboard(rec: Any, run_dir: Path) -> Any:
+    if not rec.trainer.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        from sctune.core.errors import SctuneError
+
+        raise SctuneError("trainer.tensorboard: the 'tensorboard' package is not installed",
+                          hint="pip install 'sctune[tensorboard]', or set trainer.tensorboard=false") from exc
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _save_weights(run_dir: Path, asm: Any, backbone: Any, bcfg: Any, rec: Any, task: Any, prepared: Any,
+                  expr: Any, ref: Any, targets: np.ndarray, split: dict[str, np.ndarray]) -> dict[str, int]:
+    import torch
+
+    params = dict(asm.model.named_parameters())
+    sizes = {}
+    sizes["adapter"] = A.save_tensors(run_dir / A.ADAPTER_WEIGHTS, {n: params[n] for n in asm.adapter_names})
+    sizes["head"] = A.save_tensors(run_dir / A.HEAD_WEIGHTS, {n: params[n] for n in asm.head_names})
+    if ref is not None:
+        sizes["reference"] = A.save_tensors(run_dir / A.REFERENCE, {
+            "embeddings": torch.as_tensor(ref), "targets": torch.as_tensor(targets[split["train"]])})
+    backbone_params = sum(p.numel() * p.element_size() for p in asm.model.backbone.parameters())
+    sizes["backbone_in_memory"] = int(backbone_params)
+    (run_dir / A.GENES).write_text("\n".join(expr.genes) + "\n")
+    A.write_json(run_dir / A.LABELS, task.state(prepared))
+    A.write_json(run_dir / A.MANIFEST, {
+        "format": 1,
+        "backbone": {"name": backbone.name, "config": bcfg.model_dump(mode="json"),
+                     "fingerprint": backbone.fingerprint(bcfg)},
+        "adapters": [{"name": a.name, "config": a.config.model_dump(mode="json")} for a in rec.adapters],
+        "task": {"name": rec.task.name, "config": rec.task.config.model_dump(mode="json")},
+        "tensors": {"adapter": asm.adapter_names, "head": asm.head_names},
+        "genes_sha256": A.sha256_lines(list(expr.genes)),
+        "data": {"label_column": rec.data.label_column, "gene_column": rec.data.gene_column,
+                 "source": rec.data.source, "kind": rec.data.kind},
+        "run_dir": str(run_dir.resolve()),
+        "seed": rec.envelope.seed,
+    })
+    return sizes
+
+
+def _write_predictions(run_dir: Path, rec: Any, data: Any, split: dict[str, np.ndarray], pred: np.ndarray,
+                       conf: np.ndarray, emb: np.ndarray) -> None:
+    import anndata as ad
+
+    obs = data.obs.copy()
+    part = np.full(len(pred), "", dtype=object)
+    for s, idx in split.items():
+        part[idx] = s
+    obs["sctune_split"] = part.astype(str)
+    obs["sctune_prediction"] = pred.astype(str)
+    obs["sctune_confidence"] = conf.astype(np.float32)
+    out = ad.AnnData(X=data.expression.X, obs=obs,
+                     var=__import__("pandas").DataFrame(index=list(data.expression.genes)))
+    out.var_names_make_unique()
+    out.obsm["X_sctune"] = emb.astype(np.float32)
+    out.uns["sctune"] = {"recipe": rec.name, "label_column": rec.data.label_column}
+    for c in out.obs.columns:
+        if out.obs[c].dtype == object:
+            out.obs[c] = out.obs[c].astype(str)
+    out.write_h5ad(run_dir / A.PREDICTIONS, compression="gzip")
+
+
+def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, Any]:
+    """Build (with real weights) and report parameters; optionally one audited backward pass."""
+    import tempfile
+
+    import torch
+
+    backbone, adapters, task = _components(rec, registry)
+    data = load_data(rec.data, seed=rec.envelope.seed)
+    split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
+    prepared = task.prepare(data.labels, split, rec.task.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        bcfg = backbone.resolve(rec.backbone.config, genes=list(data.expression.genes), run_dir=Path(tmp))
+        asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
+        model = asm.model
+        per_adapter = []
+        for h in asm.handles:
+            ids = {id(p) for p in h.parameters}
+            per_adapter.append({"name": h.name, "trainable": sum(p.numel() for p in model.parameters() if id(p) in ids),
+                                **{k: v for k, v in h.info.items() if isinstance(v, (int, float, str, bool))}})
+        report: dict[str, Any] = {
+            "recipe": rec.source,
+            "backbone": backbone.name,
+            "adapters": per_adapter,
+            "n_classes": len(getattr(prepared, "classes", [])),
+            "total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in asm.trainable.values()),
+            "backbone_total": sum(p.numel() for p in model.backbone.parameters()),
+            "head": sum(p.numel() for p in model.head.parameters()),
+            "modules": count_parameters(model, depth=2),
+            "randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
+        }
+        extra = getattr(backbone, "reference_parameter_count", None)
+        if callable(extra):
+            report["reference_model_parameters"] = extra(bcfg)
+        if audit and all(a.trains for a, _ in adapters) and asm.trainable:
+            from sctune.core.audit import audit_gradients
+
+            idx = split["train"][: min(4, len(split["train"]))]
+            sub = _subset_expression(data.expression, idx)
+            cells = backbone.tokenize(sub, bcfg, seed=rec.envelope.seed)
+            batch = cells.collate([cells[i] for i in range(len(cells))])
+            targets = torch.as_tensor(task.targets(data.labels[idx], prepared))
+            model.train()
+            _, logits = model(batch)
+            task.loss(logits, targets, prepared, rec.task.config).backward()
+            result = audit_gradients(model)
+            report["gradient_audit"] = result.as_dict()
+    return report
+
+
+def _subset_expression(expr: Any, idx: np.ndarray) -> Any:
+    from dataclasses import replace
+
+    return replace(expr, X=expr.X[idx], cell_ids=tuple(expr.cell_ids[i] for i in idx),
+                   library_size=None if expr.library_size is None else expr.library_size[idx])
+
+
+def as_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)

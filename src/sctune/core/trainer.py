@@ -1,0 +1,292 @@
+"""The training engine on HF accelerate: devices, mixed precision, DDP via ``accelerate launch``.
+
+Adam + per-epoch StepLR + gradient clipping + early stopping on a validation metric, keeping the
+best-validation weights (methods.md section 11). A gradient audit runs at the first step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
+
+from sctune.core.assembly import Assembled
+from sctune.core.audit import GradientAudit, audit_gradients
+from sctune.core.task import StepOutput
+
+
+@dataclass
+class RunContext:
+    """What hooks see: the recipe, the run directory, the assembled model and the accelerator."""
+
+    recipe: Any
+    run_dir: Path
+    assembled: Assembled | None = None
+    accelerator: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    audit: GradientAudit | None
+    seconds: float
+    peak_memory_mb: float | None
+
+
+def make_accelerator(trainer_cfg: Any) -> Any:
+    from accelerate import Accelerator
+
+    mp = {"32": "no", "16-mixed": "fp16", "bf16-mixed": "bf16"}[trainer_cfg.precision]
+    cpu = trainer_cfg.device == "cpu" or (trainer_cfg.device == "auto" and not torch.cuda.is_available())
+    if cpu and mp == "fp16":
+        mp = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
+    return Accelerator(cpu=cpu, mixed_precision=mp)
+
+
+def _loader(ds: Dataset, batch: int, collate: Callable | None, *, shuffle: bool = False,
+            weights: np.ndarray | None = None, seed: int = 0) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    sampler = None
+    if weights is not None:
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(weights),
+                                        replacement=True, generator=gen)
+        shuffle = False
+    return DataLoader(ds, batch_size=batch, shuffle=shuffle, sampler=sampler, collate_fn=collate,
+                      generator=gen if shuffle else None)
+
+
+class _Indexed(Dataset):
+    """Tokenized cells + integer targets."""
+
+    def __init__(self, cells: Any, targets: np.ndarray) -> None:
+        self.cells, self.targets = cells, targets
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.cells[i], int(self.targets[i])
+
+    def collate(self, items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
+        batch = self.cells.collate([x for x, _ in items])
+        batch["targets"] = torch.tensor([t for _, t in items], dtype=torch.long)
+        return batch
+
+
+def _split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    inputs = {k: v for k, v in batch.items() if k != "targets"}
+    return inputs, batch["targets"]
+
+
+@torch.no_grad()
+def embed_and_score(model: Any, cells: Any, batch_size: int, accelerator: Any,
+                    *, merged_head_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Cell embeddings and head outputs for every cell (eval mode, original order)."""
+    model.eval()
+    dl = DataLoader(cells, batch_size=batch_size, shuffle=False, collate_fn=cells.collate)
+    embs, logits = [], []
+    for batch in dl:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            cell, out = model(batch)
+        embs.append(cell.float().cpu())
+        logits.append(out.float().cpu())
+    return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+
+
+@torch.no_grad()
+def embed_only(backbone: Any, cells: Any, batch_size: int, accelerator: Any) -> np.ndarray:
+    backbone.eval()
+    dl = DataLoader(cells, batch_size=batch_size, shuffle=False, collate_fn=cells.collate)
+    out = []
+    for batch in dl:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            out.append(backbone(batch).cell.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any, valid: Any,
+        train_targets: np.ndarray, valid_targets: np.ndarray, trainer_cfg: Any, seed: int,
+        cache_embeddings: bool, on_epoch: Callable[[int, dict[str, float]], None],
+        log_path: Path, progress: bool = True) -> FitResult:
+    """Train ``ctx.assembled`` and restore its best-validation weights."""
+    acc = ctx.accelerator
+    asm = ctx.assembled
+    assert asm is not None
+    model = asm.model
+    torch.manual_seed(seed)
+    weights = task.sample_weights(prepared, task_cfg)
+
+    if cache_embeddings:  # head-only: frozen backbone runs once, in eval mode
+        model.backbone.to(acc.device)
+        tr = torch.as_tensor(embed_only(model.backbone, train, trainer_cfg.eval_batch_size, acc))
+        va = torch.as_tensor(embed_only(model.backbone, valid, trainer_cfg.eval_batch_size, acc)) if len(valid) else torch.zeros(0, tr.shape[1])
+        train_ds: Dataset = TensorDataset(tr, torch.as_tensor(train_targets))
+        valid_ds: Dataset = TensorDataset(va, torch.as_tensor(valid_targets))
+        collate = None
+        net: Any = model.head
+    else:
+        train_ds, valid_ds = _Indexed(train, train_targets), _Indexed(valid, valid_targets)
+        collate = train_ds.collate  # type: ignore[attr-defined]
+        net = model
+    train_dl = _loader(train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights, seed=seed)
+    valid_dl = _loader(valid_ds, trainer_cfg.eval_batch_size, getattr(valid_ds, "collate", None))
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    ocfg = trainer_cfg.optimizer
+    opt_cls = torch.optim.AdamW if ocfg.name == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(params, lr=ocfg.lr, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / trainer_cfg.batch_size))
+    scheduler = _scheduler(optimizer, trainer_cfg, steps_per_epoch)
+    net, optimizer, train_dl, valid_dl = acc.prepare(net, optimizer, train_dl, valid_dl)
+
+    def forward(batch: Any) -> StepOutput:
+        if cache_embeddings:
+            emb, y = batch
+            logits = net(emb)
+        else:
+            inputs, y = _split_batch(batch)
+            _, logits = net(inputs)
+        return StepOutput(task.loss(logits, y, prepared, task_cfg), logits, y)
+
+    es = trainer_cfg.early_stopping
+    best_val, best_epoch, bad_epochs = None, -1, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = []
+    audit: GradientAudit | None = None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    prog = _progress(progress and acc.is_main_process)
+    task_id = prog.add_task("training", total=trainer_cfg.epochs * steps_per_epoch) if prog else None
+    with (prog or _Null()):
+        for epoch in range(trainer_cfg.epochs):
+            net.train()
+            losses, seen = 0.0, 0
+            for step, batch in enumerate(train_dl):
+                with acc.autocast():
+                    out = forward(batch)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(out.loss)
+                if audit is None:
+                    audit = audit_gradients(acc.unwrap_model(net))
+                    audit.raise_if_bad()
+                if trainer_cfg.grad_clip:
+                    acc.clip_grad_norm_(params, trainer_cfg.grad_clip)
+                optimizer.step()
+                if scheduler is not None and trainer_cfg.scheduler.name != "step":
+                    scheduler.step()
+                n = int(out.targets.shape[0])
+                losses += float(out.loss.detach()) * n
+                seen += n
+                if prog is not None:
+                    prog.update(task_id, advance=1, description=f"epoch {epoch + 1}/{trainer_cfg.epochs} loss {losses / max(seen, 1):.4f}")
+            if scheduler is not None and trainer_cfg.scheduler.name == "step":
+                scheduler.step()
+            metrics = {"epoch": epoch, "train/loss": losses / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            metrics.update(_validate(net, valid_dl, forward, acc, prepared))
+            metrics["seconds"] = time.perf_counter() - start
+            history.append(metrics)
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            on_epoch(epoch, metrics)
+            if prog is not None:
+                prog.console.log(_fmt(metrics))
+            monitor = es.monitor if es else "valid/loss"
+            value = metrics.get(monitor)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                value = metrics["train/loss"]
+                monitor = "train/loss"
+            better = best_val is None or (
+                value < best_val - (es.min_delta if es else 0) if monitor.endswith("loss") else value > best_val + (es.min_delta if es else 0)
+            )
+            if better:
+                best_val, best_epoch, bad_epochs = value, epoch, 0
+                unwrapped = acc.unwrap_model(net)
+                best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()
+                              if k in {n for n, p in unwrapped.named_parameters() if p.requires_grad}}
+            else:
+                bad_epochs += 1
+                if es and bad_epochs >= es.patience:
+                    if prog is not None:
+                        prog.console.log(f"early stopping at epoch {epoch + 1}: no {monitor} improvement for {es.patience} epochs")
+                    break
+    if best_state is not None:
+        acc.unwrap_model(net).load_state_dict(best_state, strict=False)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return FitResult(history, best_epoch, audit, time.perf_counter() - start, peak)
+
+
+@torch.no_grad()
+def _validate(net: Any, dl: Any, forward: Callable, acc: Any, prepared: Any) -> dict[str, float]:
+    net.eval()
+    tot, n, correct = 0.0, 0, 0
+    preds, ys = [], []
+    for batch in dl:
+        with acc.autocast():
+            out = forward(batch)
+        k = int(out.targets.shape[0])
+        tot += float(out.loss) * k
+        n += k
+        p = out.logits.argmax(dim=1)
+        preds.append(p.cpu())
+        ys.append(out.targets.cpu())
+        correct += int((p == out.targets).sum())
+    if n == 0:
+        return {}
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    y, p = torch.cat(ys).numpy(), torch.cat(preds).numpy()
+    return {"valid/loss": tot / n, "valid/accuracy": correct / n,
+            "valid/balanced_accuracy": float(balanced_accuracy_score(y, p)),
+            "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
+
+
+def _scheduler(optimizer: Any, cfg: Any, steps_per_epoch: int) -> Any:
+    s = cfg.scheduler
+    if s.name == "none":
+        return None
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=s.gamma)
+    total = max(1, cfg.epochs * steps_per_epoch)
+
+    def lam(step: int) -> float:
+        if step < s.warmup_steps:
+            return (step + 1) / max(1, s.warmup_steps)
+        t = (step - s.warmup_steps) / max(1, total - s.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+
+
+def _fmt(m: dict[str, float]) -> str:
+    keys = ["train/loss", "valid/loss", "valid/accuracy", "valid/balanced_accuracy"]
+    return f"epoch {int(m['epoch']) + 1}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None

@@ -1,0 +1,23 @@
+"""Options of the cell_type task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sctune.core.config import PluginConfig
+
+
+class CellTypeConfig(PluginConfig):
+    head_layers: int = Field(3, ge=1, le=6, description="layers of scGPT's ClsDecoder head (n_layers_cls)")
+    class_weights: Literal["none", "scpeft", "balanced"] = Field(
+        "none",
+        description="loss weights from TRAINING counts: scpeft (1 - n_c/N)^2, balanced N/(C n_c)",
+    )
+    sampler: Literal["shuffle", "weighted"] = Field(
+        "shuffle", description="weighted: sample training cells with probability 1/n_c"
+    )
+    knn_k: int = Field(10, ge=1, description="zero_shot: neighbours for kNN label transfer")
+    umap: bool = Field(True, description="draw the UMAP of test-cell embeddings")
+    scib_silhouette: bool = Field(False, description="also report the scib-style (s+1)/2 silhouette")
