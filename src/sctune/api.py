@@ -93,7 +93,9 @@ def run(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, reg
 
     registry = registry or get_registry()
     rec = load(recipe, overrides, registry=registry)
-    out = Path(rec.envelope.output.dir or Path("runs") / rec.name)
+    # absolute, so paths that backbones write into the run directory (resolve()) are stored
+    # absolute in adapter.json and 'sctune predict' can rebase them when the run moves
+    out = Path(rec.envelope.output.dir or Path("runs") / rec.name).resolve()
     if out.exists() and any(out.iterdir()):
         if not rec.envelope.output.overwrite:
             raise SctuneError(

@@ -57,8 +57,12 @@ def assemble(backbone_plugin: Any, backbone_cfg: Any, adapters: list[tuple[Any, 
                 f"'{backbone_plugin.name}' module does not provide"
             )
         handles.append(plugin.apply(module, surfaces, cfg))
+    # Tensors the backbone declares never trainable (scBERT's fixed gene2vec position table):
+    # re-frozen after every adapter ran and dropped from each handle, so even 'full' leaves them.
+    frozen_ids = {id(module.get_parameter(n)) for n in getattr(module, "always_frozen", ())}
     enabled: set[int] = set()
     for h in handles:
+        h.parameters = [p for p in h.parameters if id(p) not in frozen_ids]
         for p in h.parameters:
             p.requires_grad_(True)
             enabled.add(id(p))
@@ -66,8 +70,9 @@ def assemble(backbone_plugin: Any, backbone_cfg: Any, adapters: list[tuple[Any, 
     fresh_ids: set[int] = set()
     for name in fresh:
         for p in module.get_submodule(name).parameters():
-            p.requires_grad_(True)
-            fresh_ids.add(id(p))
+            if id(p) not in frozen_ids:
+                p.requires_grad_(True)
+                fresh_ids.add(id(p))
     head = task.head(int(module.hidden_size), prepared, task_cfg)
     model = CellModel(module, head)
     out = Assembled(model, handles)

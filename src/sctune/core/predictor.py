@@ -19,6 +19,25 @@ def _rebase(value: Any, old: str, new: Path) -> Any:
     return value
 
 
+def _explicit(config_cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Drop options equal to their defaults, so the rebuilt config marks only real choices as set.
+
+    ``adapter.json`` stores the full config dump; validators that compare explicitly set keys with
+    a checkpoint (scGPT's architecture vs ``args.json``) must not see defaults as choices.
+    """
+    out = {}
+    for key, value in options.items():
+        field = config_cls.model_fields.get(key)
+        if field is None:  # an alias (e.g. geneformer's 'model_config'): keep it
+            field = next((f for f in config_cls.model_fields.values() if f.alias == key), None)
+        if field is not None and not field.is_required():
+            default = field.get_default(call_default_factory=True)
+            if value == default or (isinstance(default, Path) and value == str(default)):
+                continue
+        out[key] = value
+    return out
+
+
 def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> tuple[Any, ...]:
     """Return ``(backbone, bcfg, asm, task, prepared, manifest, recipe)`` with trained tensors loaded."""
     from sctune.core.assembly import assemble
@@ -33,7 +52,7 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
         if "checkpoint" not in options:
             raise CheckpointError(f"backbone '{bname}' takes no checkpoint option")
         options["checkpoint"] = str(checkpoint)
-    bcfg = backbone.config_cls.model_validate(options)
+    bcfg = backbone.config_cls.model_validate(_explicit(backbone.config_cls, options))
     saved, now = manifest["backbone"]["fingerprint"], backbone.fingerprint(bcfg)
     diff = [k for k in saved if saved.get(k) != now.get(k)]
     if diff:

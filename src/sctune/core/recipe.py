@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sctune.core.errors import RecipeError, SctuneError, did_you_mean, quoted
+from sctune.core.errors import CompatibilityError, RecipeError, SctuneError, did_you_mean, quoted
 
 SCHEMA_VERSION = 1
 
@@ -281,6 +281,7 @@ def find_recipe(ref: str, recipe_dirs: Sequence[Path]) -> Path:
 def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping against the envelope and the registered plugins' options."""
     problems: list[str] = []
+    compat: list[str] = []  # the subset of problems that are adapter/backbone mismatches
     try:
         env = Envelope.model_validate(dict(data))
     except ValidationError as exc:
@@ -320,13 +321,16 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
                 registry.check_compatible(backbone.name, adapter.name, adapter.config)
             except SctuneError as exc:
                 problems.append("adapter: " + exc.message)
+                compat.append(problems[-1])
     names = [a.name for a in chosen["adapter"]]
     if len(names) > 1 and any(not registry.entries["adapter"][n].cls.trains or n in ("full", "head") for n in names):
         problems.append(f"adapter: baselines cannot be combined with other adapters (got {', '.join(names)})")
     if len(set(names)) != len(names):
         problems.append(f"adapter: the same adapter is listed twice ({', '.join(names)})")
     if problems or env is None or backbone is None or not chosen["task"]:
-        raise RecipeError(
+        # only mismatches: a CompatibilityError (still one message listing every problem)
+        error_cls = CompatibilityError if problems and problems == compat else RecipeError
+        raise error_cls(
             f"recipe '{source}' is invalid ({len(problems)} problem{'s' * (len(problems) != 1)})\n  "
             + "\n  ".join(problems),
             hint="'sctune plugins' lists installed plugins and their options",

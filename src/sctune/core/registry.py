@@ -34,8 +34,8 @@ class Entry:
 
 def _provenance(pm: pluggy.PluginManager, plugin_obj: object) -> tuple[str, str, str]:
     plugin_name = pm.get_name(plugin_obj) or "?"
-    dists = {p: d for p, d in pm.list_plugin_distinfo()}
-    dist = dists.get(plugin_obj)
+    # by identity: plugin objects need not be hashable (pluggy accepts any object)
+    dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin_obj), None)
     if dist is not None:
         return plugin_name, dist.project_name, dist.version
     module = getattr(plugin_obj, "__name__", "")

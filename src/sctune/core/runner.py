@@ -98,11 +98,12 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
             A.write_json(run_dir / A.AUDIT, fit_result.audit.as_dict())
         model = asm.model
     model.to(acc.device)
-    for h in asm.handles:
-        if h.merge is not None and h.info.get("merge_for_inference"):
-            h.merge()
-
+    merged = [h for h in asm.handles if h.merge is not None and h.info.get("merge_for_inference")]
+    for h in merged:
+        h.merge()
     emb, logits = embed_and_score(model, tokens, rec.trainer.eval_batch_size, acc)
+    for h in merged:  # adapter-only files hold unmerged tensors
+        h.unmerge()
     ref = None
     if not trains:  # zero-shot: kNN from training cells
         ref = emb[split["train"]]

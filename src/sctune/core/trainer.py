@@ -214,8 +214,9 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
             if better:
                 best_val, best_epoch, bad_epochs = value, epoch, 0
                 unwrapped = acc.unwrap_model(net)
-                best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items()
-                              if k in {n for n, p in unwrapped.named_parameters() if p.requires_grad}}
+                keep = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+                keep |= {n for n, _ in unwrapped.named_buffers()}  # e.g. BatchNorm running stats
+                best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items() if k in keep}
             else:
                 bad_epochs += 1
                 if es and bad_epochs >= es.patience:

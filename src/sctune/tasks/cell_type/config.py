@@ -11,6 +11,11 @@ from sctune.core.config import PluginConfig
 
 class CellTypeConfig(PluginConfig):
     head_layers: int = Field(3, ge=1, le=6, description="layers of scGPT's ClsDecoder head (n_layers_cls)")
+    input_norm: Literal["none", "batch"] = Field(
+        "none",
+        description="batch: BatchNorm1d on the cell embedding before the head (standardises each "
+        "dimension; helps randomly initialised backbones; adds 2*hidden parameters)",
+    )
     class_weights: Literal["none", "scpeft", "balanced"] = Field(
         "none",
         description="loss weights from TRAINING counts: scpeft (1 - n_c/N)^2, balanced N/(C n_c)",

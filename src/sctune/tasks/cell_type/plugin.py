@@ -49,7 +49,7 @@ class CellTypeTask(Task):
     def head(self, hidden_size: int, prepared: CellTypeState, config: Any) -> nn.Module:
         from sctune.tasks.cell_type.head import ClsDecoder
 
-        return ClsDecoder(hidden_size, len(prepared.classes), config.head_layers)
+        return ClsDecoder(hidden_size, len(prepared.classes), config.head_layers, config.input_norm)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, prepared: CellTypeState,
              config: Any) -> torch.Tensor:

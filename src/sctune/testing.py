@@ -1,0 +1,325 @@
+"""Helpers for testing sctune and sctune plugins: tiny data, example recipes, custom registries.
+
+Everything here works offline: the data come from scanpy's bundled ``pbmc68k_reduced``, whose raw
+counts are recovered exactly from ``.raw`` (``log1p(counts / n_counts * 1e4)``) and the
+library sizes in ``obs['n_counts']``. A plugin author tests a backbone like this::
+
+    from sctune import api, testing
+
+    adata_path = testing.write_tiny_h5ad(tmp_path / "cells.h5ad", n_cells=120)
+    registry = testing.registry_with(MyBackbone)
+    recipe = testing.example_recipe(registry, "mybackbone", "lora", tmp_path, adata_path)
+    result = api.run(recipe, registry=registry, progress=False, log=lambda m: None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+    from sctune.core.registry import Registry
+
+LABEL_COLUMN = "cell_type"
+
+
+def pbmc68k_counts() -> ad.AnnData:
+    """scanpy's ``pbmc68k_reduced`` (700 cells x 765 genes) with raw integer counts in ``X``.
+
+    ``obs['cell_type']`` holds scanpy's ``bulk_labels`` (10 classes); ``obs['n_counts']`` is the
+    full-library size. The counts equal ``../shared/data/pbmc68k_reduced_counts.h5ad``.
+    """
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+
+    ref = sc.datasets.pbmc68k_reduced()
+    raw = ref.raw.X
+    raw = raw.toarray() if sparse.issparse(raw) else np.asarray(raw)
+    library = ref.obs["n_counts"].to_numpy(dtype=np.float64)[:, None]
+    counts = np.round(np.expm1(raw.astype(np.float64)) * library / 1e4).astype(np.float32)
+    obs = ref.obs[["n_counts", "n_genes", "percent_mito", "louvain"]].copy()
+    obs[LABEL_COLUMN] = ref.obs["bulk_labels"].astype(str).to_numpy()
+    return ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=ref.raw.var[[]].copy())
+
+
+def tiny_adata(n_cells: int = 120, *, n_genes: int | None = None, seed: int = 0,
+               min_per_class: int = 3, counts: bool = True) -> ad.AnnData:
+    """A stratified subsample of :func:`pbmc68k_counts` keeping ``min_per_class`` cells of each type.
+
+    ``n_genes`` keeps the genes detected in most cells (all 765 by default). With
+    ``counts=False``, ``X`` holds scanpy's log1p-normalised values instead of counts.
+    """
+    adata = pbmc68k_counts()
+    labels = adata.obs[LABEL_COLUMN].to_numpy()
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for cls in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        keep += idx[: min(min_per_class, len(idx))].tolist()
+    rest = rng.permutation(np.setdiff1d(np.arange(adata.n_obs), keep))
+    keep += rest[: max(0, n_cells - len(keep))].tolist()
+    out = adata[np.sort(np.array(keep))].copy()
+    if n_genes is not None and n_genes < out.n_vars:
+        detected = np.asarray((out.X > 0).sum(axis=0)).ravel()
+        out = out[:, np.sort(np.argsort(-detected, kind="stable")[:n_genes])].copy()
+    if not counts:
+        X = out.X.copy()
+        lib = out.obs["n_counts"].to_numpy(dtype=np.float64)
+        X = X.multiply(1e4 / lib[:, None]).tocsr()
+        X.data = np.log1p(X.data).astype(np.float32)
+        out.X = X
+    return out
+
+
+def write_tiny_h5ad(path: Path, n_cells: int = 120, **kwargs: Any) -> Path:
+    """Write :func:`tiny_adata` to ``path`` and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiny_adata(n_cells, **kwargs).write_h5ad(path)
+    return path
+
+
+_HOOKS = {"backbone": "sctune_register_backbones", "adapter": "sctune_register_adapters",
+          "task": "sctune_register_tasks"}
+
+
+def plugin_object(*components: type) -> object:
+    """Wrap component classes (backbones, adapters, tasks) in a plugin object with hookimpls."""
+    from sctune import hookimpl
+    from sctune.core.adapter import Adapter
+    from sctune.core.backbone import Backbone
+    from sctune.core.task import Task
+
+    groups: dict[str, list[type]] = {k: [] for k in _HOOKS}
+    for comp in components:
+        kind = ("backbone" if issubclass(comp, Backbone) else "adapter" if issubclass(comp, Adapter)
+                else "task" if issubclass(comp, Task) else None)
+        if kind is None:
+            raise TypeError(f"{comp!r} is not a Backbone, Adapter or Task subclass")
+        groups[kind].append(comp)
+    ns = SimpleNamespace()
+    for kind, classes in groups.items():
+        if classes:
+            def register(_classes: list[type] = classes) -> list[type]:
+                return list(_classes)
+
+            setattr(ns, _HOOKS[kind], hookimpl(register))
+    return ns
+
+
+def registry_with(*plugins: object, autoload: bool = False,
+                  local_plugins: Sequence[Path] = ()) -> Registry:
+    """A registry of the built-ins plus ``plugins``.
+
+    Each item is a component class (wrapped with :func:`plugin_object`), a module or any object
+    with ``@hookimpl`` functions, or a ``(name, object)`` pair. Entry points load only with
+    ``autoload=True``, so tests do not depend on what else is installed.
+    """
+    from sctune.core.manager import get_plugin_manager
+    from sctune.core.registry import Registry
+
+    extra: list[tuple[str, object]] = []
+    for i, item in enumerate(plugins):
+        if isinstance(item, tuple):
+            extra.append(item)
+        elif isinstance(item, type):
+            extra.append((f"test_{getattr(item, 'name', i)}", plugin_object(item)))
+        else:
+            extra.append((getattr(item, "__name__", f"test_plugin_{i}"), item))
+    pm = get_plugin_manager(autoload=autoload, local_plugins=list(local_plugins),
+                            extra_modules=extra)
+    return Registry.build(pm)
+
+
+def adata_genes(path: Path) -> list[str]:
+    """The ``var_names`` of an ``.h5ad`` file (read without loading X)."""
+    import anndata as ad
+
+    return [str(g) for g in ad.read_h5ad(path, backed="r").var_names]
+
+
+def example_recipe(registry: Registry, backbone: str, adapter: str | Iterable[str], workdir: Path,
+                   data: Path, *, task: str = "cell_type", epochs: int = 1, batch_size: int = 16,
+                   plots: bool = False, out: Path | None = None,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A recipe dict: a tiny ``example_config`` instance of ``backbone`` with ``adapter`` on ``data``.
+
+    Raises ``NotImplementedError`` when the backbone has no ``example_config``. ``options`` are
+    extra backbone options (validated by the backbone's config class).
+    """
+    bcls = registry.get("backbone", backbone).cls
+    workdir = Path(workdir)
+    bdir = workdir / f"backbone_{backbone}"
+    bdir.mkdir(parents=True, exist_ok=True)
+    bopts = dict(bcls.example_config(bdir, adata_genes(data)))
+    bopts.update(options or {})
+    names = [adapter] if isinstance(adapter, str) else list(adapter)
+    adapters = [{"name": n} for n in names]
+    return {
+        "sctune": 1,
+        "name": f"{backbone}-{'+'.join(names)}",
+        "seed": 0,
+        "data": {"path": str(data), "label_column": LABEL_COLUMN,
+                 "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
+                 "min_class_cells": 1},
+        "backbone": {"name": backbone, **bopts},
+        "adapter": adapters[0] if len(adapters) == 1 else adapters,
+        "task": {"name": task, **({"umap": plots} if task == "cell_type" else {})},
+        "trainer": {"epochs": epochs, "batch_size": batch_size, "eval_batch_size": 64,
+                    "device": "cpu", "early_stopping": None,
+                    "optimizer": {"name": "adam", "lr": 1.0e-3}},
+        "output": {"dir": str(out or workdir / "run"), "plots": plots, "overwrite": True},
+    }
+
+
+# --------------------------------------------------------------------------- a toy backbone
+
+def _toy_config_cls() -> type:
+    from pydantic import Field
+
+    from sctune.core.config import PluginConfig
+
+    class ToyConfig(PluginConfig):
+        """Options of the ``toy`` test backbone."""
+
+        genes_file: str | None = Field(None, description="text file, one gene per line (the vocabulary)")
+        hidden: int = Field(16, ge=2, description="embedding width")
+        seed: int = Field(0, description="seed of the random (frozen) weights")
+
+    return ToyConfig
+
+
+def _make_toy() -> type:
+    from sctune.core.backbone import Backbone
+    from sctune.core.capabilities import Capability
+
+    class _ToyBackbone(Backbone):
+        """A mean-of-embeddings encoder with only two insertion points, for tests.
+
+        Provides ``input_embedding`` and ``attention_output`` (one block), nothing else, so some
+        adapters fit and others must be refused.
+        """
+
+        name = "toy"
+        config_cls = _toy_config_cls()
+        provides = frozenset({Capability.INPUT_EMBEDDING, Capability.ATTENTION_OUTPUT})
+        description = "test backbone: gene + value embeddings, one MLP block, masked mean"
+        licence = "MIT"
+
+        @staticmethod
+        def _genes(config: Any) -> list[str]:
+            from sctune.core.errors import CheckpointError
+
+            if config.genes_file is None or not Path(config.genes_file).is_file():
+                raise CheckpointError(f"backbone 'toy': genes_file '{config.genes_file}' not found")
+            return Path(config.genes_file).read_text().split()
+
+        def build(self, config: Any, *, load_weights: bool = True) -> Any:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                return _toy_module()(len(self._genes(config)), config.hidden)
+
+        def gene_match(self, genes: Sequence[str], config: Any) -> Any:
+            from sctune.core.cells import GeneMatch
+
+            vocab = set(self._genes(config))
+            n = sum(1 for g in genes if g in vocab)
+            return GeneMatch(len(genes), n, len(vocab), "symbol")
+
+        def tokenize(self, expr: Any, config: Any, *, seed: int) -> Any:
+            import torch
+
+            from sctune.core.cells import TokenizedCells
+            from sctune.core.errors import DataError
+
+            index = {g: i + 1 for i, g in enumerate(self._genes(config))}
+            cols = np.array([index.get(g, 0) for g in expr.genes])
+            if not (cols > 0).any():
+                raise DataError("backbone 'toy': no gene of the data is in its vocabulary")
+            ids, values = [], []
+            X = expr.X.tocsr()
+            for r in range(X.shape[0]):
+                row = X.indices[X.indptr[r]:X.indptr[r + 1]]
+                val = X.data[X.indptr[r]:X.indptr[r + 1]]
+                keep = cols[row] > 0
+                ids.append(np.concatenate([[0], cols[row][keep]]).astype(np.int64))
+                values.append(np.concatenate([[0.0], np.log1p(val[keep])]).astype(np.float32))
+            return TokenizedCells(fields={"gene_ids": ids, "values": values},
+                                  pad_values={"gene_ids": 0, "values": 0.0},
+                                  dtypes={"gene_ids": torch.long, "values": torch.float32},
+                                  gene_match=self.gene_match(expr.genes, config))
+
+        def surfaces(self, module: Any) -> Any:
+            from sctune.core.surfaces import BlockSurfaces, Surfaces
+
+            return Surfaces(hidden_size=module.hidden_size, input_embedding=module.input_slot,
+                            blocks=(BlockSurfaces(attention_output=module.block_slot),))
+
+        def resolve(self, config: Any, *, genes: Sequence[str], run_dir: Path) -> Any:
+            if config.genes_file is not None:
+                return config
+            path = Path(run_dir) / "toy_genes.txt"
+            path.write_text("\n".join(dict.fromkeys(map(str, genes))) + "\n")
+            return config.model_copy(update={"genes_file": str(path)})
+
+        @classmethod
+        def example_config(cls, workdir: Path, genes: Sequence[str]) -> dict[str, object]:
+            path = Path(workdir) / "toy_genes.txt"
+            path.write_text("\n".join(dict.fromkeys(map(str, genes))) + "\n")
+            return {"genes_file": str(path), "hidden": 16}
+
+        def fingerprint(self, config: Any) -> dict[str, str]:
+            from sctune.core.artifacts import sha256_file
+
+            ok = config.genes_file and Path(config.genes_file).is_file()
+            return {"genes_file": sha256_file(Path(config.genes_file))} if ok else {}
+
+    _ToyBackbone.__module__ = __name__
+    _ToyBackbone.__qualname__ = "ToyBackbone"
+    return _ToyBackbone
+
+
+def _toy_module() -> type:
+    import torch
+    from torch import nn
+
+    from sctune.core.cells import EncoderOutput
+    from sctune.core.surfaces import TransformSlot
+
+    class ToyEncoder(nn.Module):
+        def __init__(self, n_genes: int, hidden: int) -> None:
+            super().__init__()
+            self.hidden_size = hidden
+            self.gene = nn.Embedding(n_genes + 1, hidden, padding_idx=0)
+            self.value = nn.Linear(1, hidden)
+            self.input_slot = TransformSlot()
+            self.mix = nn.Linear(hidden, hidden)
+            self.block_slot = TransformSlot()
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+            h = self.gene(batch["gene_ids"]) + self.value(batch["values"].unsqueeze(-1))
+            h = self.input_slot(h)
+            h = self.block_slot(h + torch.relu(self.mix(h)))
+            keep = (~batch["padding_mask"]).unsqueeze(-1).to(h.dtype)
+            cell = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+            return EncoderOutput(cell=cell, tokens=h, padding_mask=batch["padding_mask"])
+
+    return ToyEncoder
+
+
+def __getattr__(name: str) -> Any:
+    """``sctune.testing.ToyBackbone`` is built on first use (keeps this module torch-free)."""
+    if name == "ToyBackbone":
+        cls = _make_toy()
+        globals()["ToyBackbone"] = cls
+        return cls
+    raise AttributeError(name)

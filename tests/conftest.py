@@ -1,0 +1,60 @@
+"""Suite-wide settings: offline, headless, opt-in markers, and shared tiny-data fixtures.
+
+``--run-slow`` enables tests marked ``slow`` (real-size or real-data runs); ``--run-gpu`` enables
+tests marked ``gpu`` (they also skip when CUDA is absent).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="run tests marked slow (real-size models, real data)")
+    parser.addoption("--run-gpu", action="store_true", default=False,
+                     help="run tests marked gpu (need CUDA)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_slow = pytest.mark.skip(reason="slow: pass --run-slow to run")
+    skip_gpu = pytest.mark.skip(reason="gpu: pass --run-gpu to run")
+    for item in items:
+        if "slow" in item.keywords and not config.getoption("--run-slow"):
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not config.getoption("--run-gpu"):
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` next to the checkout; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder '{SHARED_DATA}' is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_h5ad(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 cells x 200 genes of pbmc68k_reduced with raw counts (every class present)."""
+    from sctune import testing
+
+    return testing.write_tiny_h5ad(tmp_path_factory.mktemp("data") / "tiny.h5ad", 120, n_genes=200)
+
+
+@pytest.fixture(scope="session")
+def registry():  # noqa: ANN201 - a sctune Registry
+    """The built-in plugins only (entry points are not loaded)."""
+    from sctune import testing
+
+    return testing.registry_with()
