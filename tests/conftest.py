@@ -58,3 +58,42 @@ def registry():  # noqa: ANN201 - a sctune Registry
     from sctune import testing
 
     return testing.registry_with()
+
+
+class CliResult:
+    """Exit code and output of one ``sctune`` invocation through ``sctune.cli.main.main``."""
+
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+    """Run the real entry point (exit codes, error rendering) in-process: ``cli("validate", ...)``.
+
+    The CLI's cached registry is reset before each call, so plugins installed by the test count.
+    """
+    import sctune.cli.main as cli_main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr("sys.argv", ["sctune", *map(str, args)])
+        cli_main._STATE.update(registry=None, plugins=[], debug=False)
+        code = 0
+        try:
+            cli_main.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            cli_main._STATE.update(registry=None, plugins=[])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

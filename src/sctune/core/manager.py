@@ -9,6 +9,7 @@ calls to stderr.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ import pluggy
 import yaml
 
 from sctune.core import hookspecs
-from sctune.core.errors import PluginError
+from sctune.core.errors import PluginError, did_you_mean
 from sctune.core.manifest import read_manifest
 
 ENTRY_POINT_GROUP = "sctune"
@@ -119,6 +120,9 @@ def get_plugin_manager(
         if not pm.is_blocked(entry.name):
             _register(pm, _import(entry.module, entry.name), entry.name)
 
+    # provenance of entry-point plugins, read by the registry ('sctune plugins' shows it)
+    distributions: dict[str, tuple[str, str]] = {}
+    pm.sctune_distributions = distributions  # type: ignore[attr-defined]
     if autoload and os.environ.get("SCTUNE_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true"):
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             if pm.is_blocked(ep.name):
@@ -133,6 +137,8 @@ def get_plugin_manager(
                     hint=f"fix or uninstall it, or set SCTUNE_DISABLE_PLUGINS={ep.name}",
                 ) from exc
             _register(pm, plugin, ep.name)
+            if ep.dist is not None and not pm.is_blocked(ep.name):
+                distributions[ep.name] = (ep.dist.name, ep.dist.version)
 
     for path in local_plugins:
         for name, module in read_local_plugins(Path(path)):
@@ -144,8 +150,12 @@ def get_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
+        who = pm.get_name(exc.plugin) or repr(exc.plugin)
+        known = [n for n in dir(hookspecs) if n.startswith("sctune_")]
+        unknown = [n for n in dir(exc.plugin) if n.startswith("sctune_") and n not in known]
+        what = ", ".join(f"'{n}'{did_you_mean(n, known)}" for n in unknown) or str(exc)
         raise PluginError(
-            f"plugin '{exc.plugin_name}' implements a hook sctune does not define: {exc}",
+            f"plugin '{who}' implements a hook sctune does not define: {what}",
             hint="hooks are listed in sctune.core.hookspecs; check the spelling (prefix 'sctune_')",
         ) from exc
     if os.environ.get("SCTUNE_TRACE_PLUGINS", "") in ("1", "true"):

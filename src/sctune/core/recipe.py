@@ -193,6 +193,29 @@ def _model_fields(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
+# Names users bring from other tools, mapped to sctune's key (searched among nested keys too).
+SYNONYMS = {"learning_rate": "lr", "max_epochs": "epochs", "n_epochs": "epochs",
+            "num_epochs": "epochs", "clip_grad_norm": "grad_clip", "gradient_clip_val": "grad_clip"}
+
+
+def _suggest(given: str, model: type[BaseModel], loc: Sequence[Any], allowed: list[str]) -> str:
+    """Did-you-mean among sibling keys, else among keys one level down (``optimizer.lr``)."""
+    target = SYNONYMS.get(given, given)
+    hint = did_you_mean(target, allowed) if target != given and target in allowed else ""
+    hint = hint or did_you_mean(given, allowed)
+    if hint:
+        return hint
+    nested = {f"{f}.{sub}": sub for f in allowed for sub in _model_fields(model, [*loc, f])}
+    for dotted, sub in nested.items():
+        if sub == target:
+            return f"; did you mean '{dotted}'?"
+    match = did_you_mean(target, nested.values())
+    if match:
+        sub = match.split("'")[1]
+        return f"; did you mean '{next(d for d, s in nested.items() if s == sub)}'?"
+    return ""
+
+
 def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
     """Turn a ValidationError into ``dotted.key: message`` lines with did-you-mean hints."""
     lines = []
@@ -202,7 +225,7 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
         if err["type"] == "extra_forbidden":
             allowed = _model_fields(model, loc[:-1])
             lines.append(
-                f"{key}: unknown key{did_you_mean(str(loc[-1]), allowed)}"
+                f"{key}: unknown key{_suggest(str(loc[-1]), model, loc[:-1], allowed)}"
                 + (f"\n      allowed keys: {quoted(allowed)}" if allowed else "")
             )
         elif err["type"] == "missing":

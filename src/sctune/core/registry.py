@@ -34,6 +34,9 @@ class Entry:
 
 def _provenance(pm: pluggy.PluginManager, plugin_obj: object) -> tuple[str, str, str]:
     plugin_name = pm.get_name(plugin_obj) or "?"
+    known = getattr(pm, "sctune_distributions", {}).get(plugin_name)
+    if known is not None:  # loaded from an entry point
+        return plugin_name, known[0], known[1]
     # by identity: plugin objects need not be hashable (pluggy accepts any object)
     dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin_obj), None)
     if dist is not None:

@@ -64,14 +64,14 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
     acc = make_accelerator(rec.trainer)
     asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
     model = asm.model
-    n_train = sum(p.numel() for p in asm.trainable.values())
+    trains = all(a.trains for a, _ in adapters)
+    n_train = sum(p.numel() for p in asm.trainable.values()) if trains else 0
     n_total = sum(p.numel() for p in model.parameters())
     log(f"model: {n_total:,} parameters, {n_train:,} trainable ({100 * n_train / max(n_total, 1):.2f}%); "
         f"adapters: {', '.join(a.name for a in rec.adapters)}; device {acc.device}")
 
     ctx = RunContext(rec, run_dir, asm, acc)
     registry.pm.hook.sctune_before_run(run=ctx)
-    trains = all(a.trains for a, _ in adapters)
     cache = any(h.info.get("cache_embeddings") for h in asm.handles) and not asm.adapter_names \
         and not any(n for n in asm.head_names if not n.startswith("head."))
     model.to(acc.device)
@@ -120,8 +120,8 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
         "test": test_metrics,
         "n_cells": {k: int(len(v)) for k, v in split.items()},
         "parameters": {"total": n_total, "trainable": n_train,
-                       "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names),
-                       "head": sum(asm.trainable[n].numel() for n in asm.head_names)},
+                       "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names) if trains else 0,
+                       "head": sum(asm.trainable[n].numel() for n in asm.head_names) if trains else 0},
         "artifact_bytes": sizes,
         "backbone_randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
     }

@@ -94,7 +94,8 @@ class ScBERTModel(nn.Module):
             self.fresh_modules = ()
         else:
             raise ValueError(f"unknown pooling {pooling!r}")
-        self.always_frozen = ("pos_emb.emb.weight",)
+        # gene2vec stays frozen (as in scBERT); the LM head is unused for cell embeddings
+        self.always_frozen = ("pos_emb.emb.weight", "to_out.weight", "to_out.bias")
 
     @property
     def layers(self) -> nn.ModuleList:

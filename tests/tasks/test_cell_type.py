@@ -1,0 +1,85 @@
+"""The cell_type task: training-only statistics, loss, prediction, kNN transfer, metrics, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sctune.tasks.cell_type.config import CellTypeConfig
+from sctune.tasks.cell_type.plugin import CellTypeTask
+
+LABELS = np.array(["T"] * 6 + ["B"] * 3 + ["NK"] * 1 + ["T", "B", "Mono"])
+SPLIT = {"train": np.arange(10), "valid": np.array([10, 11]), "test": np.array([12])}
+
+
+def test_prepare_uses_training_labels_only() -> None:
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig(class_weights="scpeft"))
+    assert state.classes == ["B", "NK", "T"]  # 'Mono' exists only outside training
+    n = np.array([3, 1, 6]) / 10
+    assert state.class_weights == pytest.approx(((1 - n) ** 2).tolist())
+    assert task.targets(np.array(["T", "Mono"]), state).tolist() == [2, -1]
+    balanced = task.prepare(LABELS, SPLIT, CellTypeConfig(class_weights="balanced"))
+    assert balanced.class_weights == pytest.approx((10 / (3 * np.array([3, 1, 6]))).tolist())
+    weights = task.sample_weights(state, CellTypeConfig(sampler="weighted"))
+    assert weights is not None and weights[state.train_targets == 1][0] == 1.0
+    assert task.sample_weights(state, CellTypeConfig()) is None
+
+
+def test_loss_ignores_unknown_targets_and_weights_classes() -> None:
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig(class_weights="scpeft"))
+    logits = torch.randn(4, 3, requires_grad=True)
+    targets = torch.tensor([0, 2, -1, 1])
+    loss = task.loss(logits, targets, state, CellTypeConfig())
+    w = torch.tensor(state.class_weights, dtype=torch.float32)
+    want = torch.nn.functional.cross_entropy(logits[[0, 1, 3]], targets[[0, 1, 3]], weight=w)
+    assert torch.allclose(loss, want)
+    none = task.loss(logits, torch.tensor([-1, -1, -1, -1]), state, CellTypeConfig())
+    assert float(none.detach()) == 0.0
+
+
+def test_head_and_state_round_trip() -> None:
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig())
+    head = task.head(512, state, CellTypeConfig())
+    assert sum(p.numel() for p in head.parameters()) == 527_360 + 513 * 3
+    assert head(torch.randn(2, 512)).shape == (2, 3)
+    again = task.from_state(task.state(state))
+    assert again.classes == state.classes and again.class_weights == state.class_weights
+
+
+def test_predict_and_transfer() -> None:
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig())
+    pred, conf = task.predict(np.array([[0.0, 0.0, 5.0], [3.0, 0.0, 0.0]]), state)
+    assert pred.tolist() == ["T", "B"] and (conf > 0.8).all() and (conf <= 1).all()
+    rng = np.random.default_rng(0)
+    centres = np.eye(3) * 10
+    ref_targets = np.repeat([0, 1, 2], 5)
+    ref = centres[ref_targets] + rng.normal(0, 0.1, (15, 3))
+    query = centres[[2, 0, 1]] + rng.normal(0, 0.1, (3, 3))
+    scores = task.transfer(ref, ref_targets, query, state, CellTypeConfig(knn_k=3))
+    assert scores.argmax(axis=1).tolist() == [2, 0, 1]
+
+
+def test_evaluate_metrics_and_plots(tmp_path: Path) -> None:
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig())
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1, 2], 8)
+    logits = np.eye(3)[targets] * 3 + rng.normal(0, 1, (24, 3))
+    emb = np.eye(3)[targets] + rng.normal(0, 0.2, (24, 3))
+    result = task.evaluate(logits=logits, targets=targets, embeddings=emb, prepared=state,
+                           config=CellTypeConfig(umap=False), out_dir=tmp_path)
+    pred = logits.argmax(axis=1)
+    assert result["accuracy"] == pytest.approx((pred == targets).mean())
+    for key in ("balanced_accuracy", "macro_f1", "weighted_f1", "macro_precision",
+                "weighted_recall", "silhouette"):
+        assert key in result
+    assert set(result["per_class"]) == {"B", "NK", "T"}
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "umap.png").exists()  # umap: false (the matrix test draws one)
