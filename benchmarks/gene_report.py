@@ -118,6 +118,7 @@ def dataset_rows(registry: Any, path: Path) -> list[dict[str, Any]]:
             if symbols is not None and names is genes:  # show the symbol beside a dropped id
                 to_symbol = dict(zip(genes, symbols))
                 examples = [f"{g} ({to_symbol[g]})" for g in examples]
+                dropped = [to_symbol[g] for g in dropped]  # categorise by symbol
             rows.append({
                 "dataset": path.name, "backbone": name, "genes_from": source,
                 "n_genes": m.n_genes, "n_matched": m.n_matched, "fraction": m.fraction,

@@ -316,6 +316,39 @@ def _toy_module() -> type:
     return ToyEncoder
 
 
+def reference_scgpt_class() -> type | None:
+    """scGPT 0.2.4's ``TransformerModel`` (the test oracle), or ``None`` when not installed.
+
+    ``import scgpt`` is broken on current torch (torchtext), so only ``scgpt/model/model.py`` is
+    imported, behind placeholder package modules that are removed again afterwards
+    (install with ``pip install --no-deps scgpt==0.2.4``).
+    """
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("scgpt")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(spec.submodule_search_locations[0])
+    saved = {k: v for k, v in sys.modules.items() if k == "scgpt" or k.startswith("scgpt.")}
+    for name, sub in (("scgpt", base), ("scgpt.model", base / "model")):
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(sub)]
+        sys.modules[name] = stub
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module("scgpt.model.model").TransformerModel
+    finally:
+        for k in [k for k in sys.modules if k == "scgpt" or k.startswith("scgpt.")]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
 def __getattr__(name: str) -> Any:
     """``sctune.testing.ToyBackbone`` is built on first use (keeps this module torch-free)."""
     if name == "ToyBackbone":

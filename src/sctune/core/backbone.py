@@ -72,12 +72,15 @@ class Backbone(ABC):
     def surfaces(self, module: nn.Module) -> Surfaces:
         """Return the insertion points of a module built by :meth:`build`."""
 
-    def resolve(self, config: PluginConfig, *, genes: Sequence[str], run_dir: Path) -> PluginConfig:
+    def resolve(self, config: PluginConfig, *, genes: Sequence[str], run_dir: Path,
+                expression: Expression | None = None) -> PluginConfig:
         """Fill data-dependent options before :meth:`build`; return the (new, frozen) config.
 
-        Called once per run with the data's gene identifiers. A randomly initialised backbone with
-        no vocabulary file builds one from ``genes`` and writes it into ``run_dir``, returning a
-        config that points at it, so ``sctune predict`` rebuilds the same model. Default: unchanged.
+        Called once per run with the data's gene identifiers and, when the implementation accepts
+        the keyword, ``expression``: the TRAINING cells only (statistics such as Geneformer's gene
+        medians must not see test cells). A randomly initialised backbone with no vocabulary file
+        builds one from ``genes`` and writes it into ``run_dir``, returning a config that points at
+        it, so ``sctune predict`` rebuilds the same model. Default: unchanged.
         """
         return config
 
@@ -98,3 +101,18 @@ class Backbone(ABC):
     def check(self, config: PluginConfig) -> list[tuple[str, str]]:
         """Cheap validate-time checks: ``(dotted key, message)`` for each problem (missing files)."""
         return []
+
+
+def resolve_config(backbone: Backbone, config: PluginConfig, *, genes: Sequence[str], run_dir: Path,
+                   expression: Expression | None) -> PluginConfig:
+    """Call ``backbone.resolve``, passing ``expression`` only to implementations that accept it.
+
+    Hooks grow by adding arguments; older plugins that do not take ``expression`` keep working.
+    """
+    import inspect
+
+    params = inspect.signature(backbone.resolve).parameters
+    takes = "expression" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if takes:
+        return backbone.resolve(config, genes=genes, run_dir=run_dir, expression=expression)
+    return backbone.resolve(config, genes=genes, run_dir=run_dir)

@@ -12,6 +12,7 @@ import yaml
 
 from sctune.core import artifacts as A
 from sctune.core.assembly import assemble, count_parameters
+from sctune.core.backbone import resolve_config
 from sctune.core.data import load_data, preflight_labels, split_cells, write_split
 from sctune.core.registry import distribution_version, plugin_versions
 
@@ -51,7 +52,8 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
         log(f"warning: {w}")
     pre.raise_errors()
 
-    bcfg = backbone.resolve(rec.backbone.config, genes=list(expr.genes), run_dir=run_dir)
+    bcfg = resolve_config(backbone, rec.backbone.config, genes=list(expr.genes), run_dir=run_dir,
+                          expression=_subset_expression(expr, split["train"]))
     if getattr(bcfg, "checkpoint", "given") is None:
         log(f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
             "numbers measure the architecture + adapter, not pretrained knowledge")
@@ -229,7 +231,8 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
     split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
     prepared = task.prepare(data.labels, split, rec.task.config)
     with tempfile.TemporaryDirectory() as tmp:
-        bcfg = backbone.resolve(rec.backbone.config, genes=list(data.expression.genes), run_dir=Path(tmp))
+        bcfg = resolve_config(backbone, rec.backbone.config, genes=list(data.expression.genes),
+                              run_dir=Path(tmp), expression=_subset_expression(data.expression, split["train"]))
         asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
         model = asm.model
         per_adapter = []

@@ -132,3 +132,27 @@ def test_real_v1_dictionaries(shared_data, backbone, filename, fraction, via, sy
     lengths = np.array([len(t) for t in cells.fields["input_ids"]])
     assert lengths.max() <= 2048 and np.median(lengths) > 300
     assert all(t.min() >= 2 for t in cells.fields["input_ids"][:50])  # no specials in V1
+
+
+def test_random_init_medians_come_from_training_counts(tmp_path):
+    """resolve() with training counts writes Geneformer-style non-zero medians (x / n * 1e4)."""
+    import json
+
+    import numpy as np
+    from scipy import sparse
+
+    from sctune.backbones.geneformer.config import GeneformerConfig
+    from sctune.backbones.geneformer.plugin import GeneformerBackbone
+    from sctune.core.cells import Expression
+
+    X = sparse.csr_matrix(np.array([[1, 0, 3], [2, 0, 0], [4, 5, 0]], dtype=np.float32))
+    lib = np.array([10.0, 20.0, 40.0])
+    genes = ("ENSG00000000001", "ENSG00000000002", "ENSG00000000003")
+    expr = Expression(X=X, genes=genes, kind="counts", library_size=lib, cell_ids=("a", "b", "c"))
+    cfg = GeneformerConfig(hidden_size=8, num_layers=1, num_heads=2,
+                           intermediate_size=16, max_position_embeddings=16)
+    out = GeneformerBackbone().resolve(cfg, genes=list(genes), run_dir=tmp_path, expression=expr)
+    medians = json.loads((tmp_path / "geneformer_gene_median_dictionary.json").read_text())
+    assert out.gene_median_dictionary is not None
+    # gene 1: 1/10, 2/20, 4/40 (x1e4) -> all 1000; gene 2: 5/40*1e4 = 1250; gene 3: 3/10*1e4
+    assert medians == {genes[0]: 1000.0, genes[1]: 1250.0, genes[2]: 3000.0}

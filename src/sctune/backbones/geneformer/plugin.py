@@ -200,13 +200,19 @@ class GeneformerBackbone(Backbone):
         )
 
     def resolve(
-        self, config: GeneformerConfig, *, genes: Sequence[str], run_dir: Path
+        self,
+        config: GeneformerConfig,
+        *,
+        genes: Sequence[str],
+        run_dir: Path,
+        expression: Expression | None = None,
     ) -> GeneformerConfig:
         from sctune.backbones.geneformer.resolve import derive_dictionaries
 
         if not config.random_init or (config.token_dictionary and config.gene_median_dictionary):
             return config
-        return config.model_copy(update=derive_dictionaries(config, genes, Path(run_dir)))
+        update = derive_dictionaries(config, genes, Path(run_dir), expression=expression)
+        return config.model_copy(update=update)
 
     @classmethod
     def example_config(cls, workdir: Path, genes: Sequence[str]) -> dict[str, object]:

@@ -5,17 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sctune.backbones.geneformer.dictionaries import (
     load_string_map,
     load_token_dictionary,
     write_json,
 )
-from sctune.backbones.geneformer.tokenizer import _strip_version
-from sctune.core.cells import looks_like_ensembl
+from sctune.backbones.geneformer.tokenizer import TARGET_SUM, _strip_version
+from sctune.core.cells import Expression, looks_like_ensembl
 
 
 def _data_ids(genes: Sequence[str], name_map_path: str | None) -> list[str]:
-    """The identifiers the tokenizer will look up for ``genes`` (see ``map_columns``)."""
+    """The identifiers the tokenizer will look up for ``genes``, deduplicated."""
+    return list(dict.fromkeys(_column_ids(genes, name_map_path)))
+
+
+def _column_ids(genes: Sequence[str], name_map_path: str | None) -> list[str]:
+    """The identifier looked up for each column of ``genes`` (see ``map_columns``)."""
     genes = [str(g) for g in genes]
     if looks_like_ensembl(genes):
         ids = [_strip_version(g) for g in genes]
@@ -25,15 +32,42 @@ def _data_ids(genes: Sequence[str], name_map_path: str | None) -> list[str]:
         ids = [name_map.get(g) or upper.get(g.upper()) or g for g in genes]
     else:
         ids = genes
-    return list(dict.fromkeys(ids))
+    return ids
 
 
-def derive_dictionaries(config: object, genes: Sequence[str], run_dir: Path) -> dict[str, str]:
+def training_medians(expression: Expression, ids: Sequence[str]) -> dict[str, float]:
+    """Per gene: the non-zero median of ``count / n_counts * 1e4`` over the TRAINING cells.
+
+    This is how Geneformer built its gene median dictionary over its pretraining corpus; here the
+    corpus is the run's training split (the engine never passes test cells). Genes never detected
+    get 1.0. Duplicate identifiers keep their first column, as the tokenizer's lookup does.
+    """
+    from scipy import sparse
+
+    X = sparse.csc_matrix(expression.X, dtype=np.float64)
+    lib = expression.library_size
+    if lib is None:
+        lib = np.asarray(X.sum(axis=1)).ravel()
+    scale = TARGET_SUM / np.maximum(np.asarray(lib, dtype=np.float64), 1.0)
+    out: dict[str, float] = {}
+    for j, gid in enumerate(ids):
+        if gid in out:
+            continue
+        col = X[:, j]
+        values = col.data * scale[col.indices]
+        values = values[values > 0]
+        out[gid] = float(np.median(values)) if values.size else 1.0
+    return out
+
+
+def derive_dictionaries(
+    config: object, genes: Sequence[str], run_dir: Path, *, expression: Expression | None = None
+) -> dict[str, str]:
     """Write the missing token/median dictionaries for a random-init model into ``run_dir``.
 
     Token dictionary: ``<pad>`` 0, ``<mask>`` 1 (then ``<cls>``, ``<eos>`` for ``version: v2``)
-    and the data's genes in column order. Medians: 1.0 for every gene (the resolve hook sees only
-    gene identifiers, not values, so ranks use size-normalised counts without the median scale).
+    and the data's genes in column order. Medians: the training cells' non-zero medians of
+    normalised counts (:func:`training_medians`); 1.0 for every gene when no counts are given.
     """
     update: dict[str, str] = {}
     ids = _data_ids(genes, config.gene_name_id_dict)
@@ -48,6 +82,10 @@ def derive_dictionaries(config: object, genes: Sequence[str], run_dir: Path) -> 
         update["token_dictionary"] = str(path)
     if not config.gene_median_dictionary:
         medians = {k: 1.0 for k in tokens if not (k.startswith("<") and k.endswith(">"))}
+        if expression is not None and expression.kind == "counts":
+            per_column = _column_ids(list(expression.genes), config.gene_name_id_dict)
+            found = training_medians(expression, per_column)
+            medians.update({k: v for k, v in found.items() if k in medians})
         path = write_json(medians, Path(run_dir) / "geneformer_gene_median_dictionary.json")
         update["gene_median_dictionary"] = str(path)
     return update
