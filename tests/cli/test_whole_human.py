@@ -89,3 +89,34 @@ def test_full_trains_everything(cli, recipe: Path) -> None:  # noqa: ANN001
     assert report["trainable"] == report["total"]
     assert report["total"] == report["backbone_total"] + report["head"]
     assert report["backbone_total"] > 50_000_000
+
+
+def test_inspect_reports_published_scgpt_count(cli, recipe: Path) -> None:  # noqa: ANN001
+    """Encoder + ExprDecoder of the whole-human shape: 50,278,400 + 525,825."""
+    report = _inspect(cli, recipe, "head")
+    assert report["backbone_total"] == 50_278_400
+    assert report["reference_model_parameters"] == 50_804_225
+
+
+def test_inspect_reports_geneformer_v1_10m(cli, shared_data: Path, tiny_h5ad: Path,
+                                          tmp_path: Path) -> None:  # noqa: ANN001
+    """Real-size Geneformer V1-10M (config + real V1 dictionaries): 10,288,722 with its MLM head."""
+    vocab = shared_data / "vocab"
+    path = tmp_path / "gf.yaml"
+    path.write_text(yaml.safe_dump({
+        "sctune": 1, "name": "gf-v1-10m", "seed": 0,
+        "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
+        "backbone": {"name": "geneformer",
+                     "model_config": str(shared_data / "geneformer_configs" / "v1_6L_10M_config.json"),
+                     "token_dictionary": str(vocab / "geneformer_v1_token_dictionary.json"),
+                     "gene_median_dictionary": str(vocab / "geneformer_v1_gene_median_dictionary.json"),
+                     "gene_name_id_dict": str(vocab / "geneformer_v1_gene_name_id_dict.json")},
+        "adapter": {"name": "lora"},
+        "task": {"name": "cell_type"},
+    }))
+    result = cli("inspect", path, "--json", "--no-audit")
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert report["reference_model_parameters"] == 10_288_722
+    # LoRA r=8 on query and value of 6 layers at hidden 256: 6 * 2 * (8*256 + 256*8) + biases
+    assert report["adapters"][0]["trainable"] == 6 * 2 * (2 * 8 * 256) + 6 * 2 * 256

@@ -94,6 +94,12 @@ class Backbone(ABC):
         """
         raise NotImplementedError(f"backbone '{cls.name}' provides no example_config")
 
+    def reference_parameter_count(self, config: PluginConfig) -> int | None:
+        """Parameters of the published model of this shape, pretraining head included (e.g.
+        Geneformer V1-10M's 10,288,722 with its masked-LM head), reported by ``sctune inspect``
+        beside sctune's own encoder count. ``None`` when not known."""
+        return None
+
     def fingerprint(self, config: PluginConfig) -> dict[str, str]:
         """Hashes binding a run to its pretrained files (checkpoint, vocabulary). ``{}`` if none."""
         return {}

@@ -119,6 +119,17 @@ def load_data(cfg: DataConfig, *, seed: int = 0, require_labels: bool = True) ->
     _, matrix, var = by_name[chosen]
     X = sparse.csr_matrix(matrix, dtype=np.float32)
     kind: ExpressionKind = detect_kind(X) if cfg.kind == "auto" else cfg.kind
+    if kind == "lognorm" and cfg.kind == "auto":
+        top = float(X.data.max()) if X.nnz else 0.0
+        notes.append(
+            f"{chosen} looks log-normalised, not counts (max {top:.1f}, non-integer); backbones that "
+            "need counts (Geneformer) refuse it, the others bin or rank the normalised values"
+        )
+    elif kind == "scaled":
+        notes.append(
+            f"{chosen} holds scaled values (negatives); no built-in backbone can use them: set "
+            "data.source to a layer or .raw with counts"
+        )
     if cfg.gene_column is None:
         genes = tuple(map(str, var.index))
     elif cfg.gene_column in var.columns:

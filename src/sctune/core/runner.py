@@ -252,9 +252,9 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             "modules": count_parameters(model, depth=2),
             "randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
         }
-        extra = getattr(backbone, "reference_parameter_count", None)
-        if callable(extra):
-            report["reference_model_parameters"] = extra(bcfg)
+        published = backbone.reference_parameter_count(bcfg)
+        if published is not None:
+            report["reference_model_parameters"] = published
         if audit and all(a.trains for a, _ in adapters) and asm.trainable:
             from sctune.core.audit import audit_gradients
 

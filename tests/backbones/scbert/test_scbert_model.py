@@ -194,3 +194,14 @@ def test_wrong_length_is_refused() -> None:
     model = ScBERTModel(N, pooling="mean", **TINY)
     with pytest.raises(ValueError, match="21 positions"):
         model({"tokens": torch.zeros(1, N, dtype=torch.long)})
+
+
+def test_reference_parameter_count_at_published_size(tmp_path):
+    """`sctune inspect` reports scBERT's published 8,388,607 beside sctune's own count."""
+    from sctune.backbones.scbert.plugin import ScBERTBackbone
+
+    order = tmp_path / "genes.txt"
+    order.write_text("\n".join(f"G{i}" for i in range(16_906)) + "\n")
+    backbone = ScBERTBackbone()
+    cfg = backbone.config_cls(gene_order=str(order))
+    assert backbone.reference_parameter_count(cfg) == 8_388_607

@@ -64,3 +64,18 @@ def test_registration_and_cheap_import():
     code = "import sys, sctune.backbones.scgpt.plugin; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_reference_parameter_count_whole_human(tmp_path):
+    """Encoder 50,278,400 + ExprDecoder 525,825 (methods.md section 10)."""
+    import json
+
+    from sctune.backbones.scgpt.plugin import ScGPTBackbone
+
+    vocab = {f"G{i}": i for i in range(60_694)}
+    vocab.update({"<pad>": 60_694, "<cls>": 60_695, "<eoc>": 60_696})
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    backbone = ScGPTBackbone()
+    cfg = backbone.config_cls(vocab=path)
+    assert backbone.reference_parameter_count(cfg) == 50_278_400 + 525_825

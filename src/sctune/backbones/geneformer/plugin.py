@@ -69,6 +69,9 @@ class GeneformerBackbone(Backbone):
 
         return count_parameters(self.bert_config(config), mlm_head=mlm_head)
 
+    def reference_parameter_count(self, config: GeneformerConfig) -> int | None:
+        return self.parameter_count(config, mlm_head=True)
+
     def build(self, config: GeneformerConfig, *, load_weights: bool = True) -> nn.Module:
         from sctune.backbones.geneformer import weights
         from sctune.backbones.geneformer.dictionaries import load_token_dictionary

@@ -130,6 +130,13 @@ class ScBERTBackbone(Backbone):
         model.load_notes = tuple(notes)
         return model
 
+    def reference_parameter_count(self, config: PluginConfig) -> int | None:
+        """scBERT's PerformerLM of this shape (LM head included, sctune's pooling stem excluded):
+        8,388,607 at the published size."""
+        module = self.build(config, load_weights=False)  # meta device
+        stem = sum(p.numel() for p in module.stem.parameters()) if module.stem is not None else 0
+        return sum(p.numel() for p in module.parameters()) - stem
+
     def gene_match(self, genes: Sequence[str], config: PluginConfig) -> GeneMatch:
         from sctune.backbones.scbert.tokenizer import match_genes
         from sctune.backbones.scbert.weights import read_gene_order

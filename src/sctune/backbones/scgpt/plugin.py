@@ -126,6 +126,16 @@ class ScGPTBackbone(Backbone):
             )
         return module
 
+    def reference_parameter_count(self, config: ScGPTConfig) -> int | None:
+        """scGPT's TransformerModel of this shape without MVC and ClsDecoder: the encoder plus the
+        expression decoder (ExprDecoder d->d->d->1: 525,825 at d=512); whole-human 50,804,225."""
+        import torch
+
+        with torch.device("meta"):
+            module = self.build(config, load_weights=False)
+        d = int(module.hidden_size)
+        return sum(p.numel() for p in module.parameters()) + 2 * (d * d + d) + d + 1
+
     def gene_match(self, genes: Sequence[str], config: ScGPTConfig) -> GeneMatch:
         from sctune.backbones.scgpt.tokenizer import match_genes
         from sctune.core.cells import GeneMatch
