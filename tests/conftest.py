@@ -20,10 +20,15 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--run-slow", action="store_true", default=False,
-                     help="run tests marked slow (real-size models, real data)")
-    parser.addoption("--run-gpu", action="store_true", default=False,
-                     help="run tests marked gpu (need CUDA)")
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="run tests marked slow (real-size models, real data)",
+    )
+    parser.addoption(
+        "--run-gpu", action="store_true", default=False, help="run tests marked gpu (need CUDA)"
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -53,7 +58,7 @@ def tiny_h5ad(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def registry():  # noqa: ANN201 - a sctune Registry
+def registry():
     """The built-in plugins only (entry points are not loaded)."""
     from sctune import testing
 
@@ -75,7 +80,7 @@ class CliResult:
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Run the real entry point (exit codes, error rendering) in-process: ``cli("validate", ...)``.
 
     The CLI's cached registry is reset before each call, so plugins installed by the test count.

@@ -16,9 +16,16 @@ HOOKS = [name for name in dir(hookspecs) if name.startswith("sctune_")]
 
 
 def test_every_hook_is_documented() -> None:
-    assert {"sctune_register_backbones", "sctune_register_adapters", "sctune_register_tasks",
-            "sctune_add_commands", "sctune_recipe_dirs", "sctune_before_run",
-            "sctune_after_epoch", "sctune_after_run"} <= set(HOOKS)
+    assert {
+        "sctune_register_backbones",
+        "sctune_register_adapters",
+        "sctune_register_tasks",
+        "sctune_add_commands",
+        "sctune_recipe_dirs",
+        "sctune_before_run",
+        "sctune_after_epoch",
+        "sctune_after_run",
+    } <= set(HOOKS)
     for name in HOOKS:
         doc = inspect.getdoc(getattr(hookspecs, name)) or ""
         assert re.search(r"\b(when|called)\b", doc, re.IGNORECASE), f"{name}: say when it fires"
@@ -26,7 +33,7 @@ def test_every_hook_is_documented() -> None:
         assert f"def {name}(" in doc, f"{name}: the example implements the hook itself"
 
 
-def test_every_plugin_option_has_a_description(registry) -> None:  # noqa: ANN001
+def test_every_plugin_option_has_a_description(registry) -> None:
     missing = []
     for kind in ("backbone", "adapter", "task"):
         for name in registry.names(kind):
@@ -52,8 +59,9 @@ def test_readme_plugin_table_matches_manifest() -> None:
     rows = [dict(zip(header, cells(line), strict=False)) for line in lines[2:]]
     table = {(r["kind"], r["name"]) for r in rows}
     expected = {(e.kind, e.name) for e in read_manifest().plugins if e.kind != "recipes"}
-    assert table == expected, (f"README lacks {sorted(expected - table)}; "
-                               f"README lists unknown {sorted(table - expected)}")
+    assert table == expected, (
+        f"README lacks {sorted(expected - table)}; README lists unknown {sorted(table - expected)}"
+    )
 
 
 def test_readme_mentions_every_builtin() -> None:

@@ -38,21 +38,35 @@ def _plugin_of(path: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    "path", [p for sub in ("backbones", "adapters", "tasks") for p in _files(sub)],
+    "path",
+    [p for sub in ("backbones", "adapters", "tasks") for p in _files(sub)],
     ids=lambda p: str(p.relative_to(SRC)),
 )
 def test_plugins_do_not_import_each_other(path: Path) -> None:
     own = _plugin_of(path)
-    shared = ("sctune.adapters.bottleneck", "sctune.adapters._options")  # helpers of the adapter family
-    bad = {m for m in _imports(path) if m.startswith(PLUGIN_PACKAGES) and not m.startswith(own)
-           and not (own.startswith("sctune.adapters") and m.startswith(shared))}
+    shared = (
+        "sctune.adapters.bottleneck",
+        "sctune.adapters._options",
+    )  # helpers of the adapter family
+    bad = {
+        m
+        for m in _imports(path)
+        if m.startswith(PLUGIN_PACKAGES)
+        and not m.startswith(own)
+        and not (own.startswith("sctune.adapters") and m.startswith(shared))
+    }
     assert not bad, f"{path.relative_to(SRC)} imports another plugin: {sorted(bad)}"
 
 
 @pytest.mark.parametrize("path", _files("cli"), ids=lambda p: p.name)
 def test_cli_imports_only_api_and_core(path: Path) -> None:
-    bad = {m for m in _imports(path) if m.startswith("sctune") and not
-           m.startswith(("sctune.api", "sctune.core", "sctune.cli")) and m != "sctune"}
+    bad = {
+        m
+        for m in _imports(path)
+        if m.startswith("sctune")
+        and not m.startswith(("sctune.api", "sctune.core", "sctune.cli"))
+        and m != "sctune"
+    }
     assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
 
 
@@ -60,11 +74,19 @@ def test_adapters_contain_no_backbone_branches() -> None:
     """No 'if backbone == ...' in adapter code: adapters never name a backbone."""
     names = ("scgpt", "geneformer", "scbert")
     for path in _files("adapters"):
-        code = "\n".join(line for line in path.read_text().lower().splitlines()
-                         if not line.strip().startswith("#"))
+        code = "\n".join(
+            line
+            for line in path.read_text().lower().splitlines()
+            if not line.strip().startswith("#")
+        )
         tree = ast.parse(path.read_text())
-        strings = [n.value.lower() for n in ast.walk(tree) if isinstance(n, ast.Constant)
-                   and isinstance(n.value, str) and not _is_docstring(tree, n)]
+        strings = [
+            n.value.lower()
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Constant)
+            and isinstance(n.value, str)
+            and not _is_docstring(tree, n)
+        ]
         for name in names:
             assert not any(name == s for s in strings), f"{path.name} compares against '{name}'"
         assert "backbone ==" not in code and "backbone.name" not in code, path.name
@@ -73,6 +95,11 @@ def test_adapters_contain_no_backbone_branches() -> None:
 def _is_docstring(tree: ast.AST, node: ast.Constant) -> bool:
     for parent in ast.walk(tree):
         body = getattr(parent, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and body[0].value is node:
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and body[0].value is node
+        ):
             return True
     return False

@@ -23,7 +23,7 @@ TASK = "cell_type"
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
-def _registry():  # noqa: ANN202
+def _registry():
     return testing.registry_with(testing.ToyBackbone, autoload=True)
 
 
@@ -39,8 +39,11 @@ def _pairs() -> tuple[list, list]:
             except CompatibilityError:
                 bad.append(pytest.param(b, a, id=f"{b}-{a}"))
             else:
-                marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(b, a)])] \
-                    if (b, a) in KNOWN_BUGS else []
+                marks = (
+                    [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(b, a)])]
+                    if (b, a) in KNOWN_BUGS
+                    else []
+                )
                 ok.append(pytest.param(b, a, id=f"{b}-{a}", marks=marks))
     return ok, bad
 
@@ -49,12 +52,12 @@ COMPATIBLE, INCOMPATIBLE = _pairs()
 
 
 @pytest.fixture(scope="module")
-def matrix_registry():  # noqa: ANN201
+def matrix_registry():
     return REGISTRY
 
 
 @pytest.fixture(scope="module")
-def backbone_options(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path):  # noqa: ANN201
+def backbone_options(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path):
     """``example_config`` of each backbone, written once per module (None: not implemented)."""
     cache: dict[str, dict | None] = {}
 
@@ -71,18 +74,31 @@ def backbone_options(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path):
     return get
 
 
-def _recipe(backbone: str, adapter: str, options: dict, data: Path, out: Path,
-            plots: bool = False) -> dict:
+def _recipe(
+    backbone: str, adapter: str, options: dict, data: Path, out: Path, plots: bool = False
+) -> dict:
     return {
-        "sctune": 1, "name": f"{backbone}-{adapter}", "seed": 0,
-        "data": {"path": str(data), "label_column": "cell_type", "min_class_cells": 1,
-                 "split": {"method": "stratified", "valid": 0.15, "test": 0.25}},
+        "sctune": 1,
+        "name": f"{backbone}-{adapter}",
+        "seed": 0,
+        "data": {
+            "path": str(data),
+            "label_column": "cell_type",
+            "min_class_cells": 1,
+            "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
+        },
         "backbone": {"name": backbone, **options},
         "adapter": {"name": adapter},
         "task": {"name": TASK, "umap": plots},
-        "trainer": {"epochs": 1, "batch_size": 16, "eval_batch_size": 64, "device": "cpu",
-                    "early_stopping": None, "optimizer": {"name": "adam", "lr": 1.0e-3},
-                    "num_threads": 1},
+        "trainer": {
+            "epochs": 1,
+            "batch_size": 16,
+            "eval_batch_size": 64,
+            "device": "cpu",
+            "early_stopping": None,
+            "optimizer": {"name": "adam", "lr": 1.0e-3},
+            "num_threads": 1,
+        },
         "output": {"dir": str(out), "plots": plots, "overwrite": True},
     }
 
@@ -94,8 +110,9 @@ def test_matrix_is_not_empty() -> None:
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), COMPATIBLE)
-def test_train_save_reload(backbone: str, adapter: str, backbone_options, tiny_h5ad: Path,
-                           tmp_path: Path) -> None:
+def test_train_save_reload(
+    backbone: str, adapter: str, backbone_options, tiny_h5ad: Path, tmp_path: Path
+) -> None:
     options = backbone_options(backbone)
     if options is None:
         pytest.skip(f"backbone '{backbone}' provides no example_config")
@@ -104,8 +121,16 @@ def test_train_save_reload(backbone: str, adapter: str, backbone_options, tiny_h
 
     run_dir = result.run_dir
     assert run_dir.is_absolute()
-    for name in ("adapter.safetensors", "head.safetensors", "adapter.json", "metrics.json",
-                 "predictions.h5ad", "recipe.resolved.yaml", "split.json", "env.json"):
+    for name in (
+        "adapter.safetensors",
+        "head.safetensors",
+        "adapter.json",
+        "metrics.json",
+        "predictions.h5ad",
+        "recipe.resolved.yaml",
+        "split.json",
+        "env.json",
+    ):
         assert (run_dir / name).is_file(), name
     params = result.metrics["parameters"]
     if adapter == "full":
@@ -121,11 +146,14 @@ def test_train_save_reload(backbone: str, adapter: str, backbone_options, tiny_h
     out = api.predict(run_dir, tiny_h5ad, tmp_path / "annotated.h5ad", registry=REGISTRY)
     got, want = ad.read_h5ad(out), ad.read_h5ad(run_dir / "predictions.h5ad")
     assert list(got.obs_names) == list(want.obs_names)
-    np.testing.assert_array_equal(got.obs["sctune_prediction"].to_numpy(dtype=str),
-                                  want.obs["sctune_prediction"].to_numpy(dtype=str))
+    np.testing.assert_array_equal(
+        got.obs["sctune_prediction"].to_numpy(dtype=str),
+        want.obs["sctune_prediction"].to_numpy(dtype=str),
+    )
     np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(got.obs["sctune_confidence"], want.obs["sctune_confidence"],
-                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        got.obs["sctune_confidence"], want.obs["sctune_confidence"], atol=1e-5, rtol=0
+    )
 
 
 def _always_frozen(backbone: str, run_dir: Path) -> int:
@@ -137,8 +165,9 @@ def _always_frozen(backbone: str, run_dir: Path) -> int:
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), INCOMPATIBLE)
-def test_incompatible_pair_is_refused(backbone: str, adapter: str, backbone_options,
-                                      tiny_h5ad: Path, tmp_path: Path) -> None:
+def test_incompatible_pair_is_refused(
+    backbone: str, adapter: str, backbone_options, tiny_h5ad: Path, tmp_path: Path
+) -> None:
     options = backbone_options(backbone) or {}
     rec = _recipe(backbone, adapter, options, tiny_h5ad, tmp_path / "run")
     with pytest.raises(CompatibilityError) as info:
@@ -152,8 +181,14 @@ def test_incompatible_pair_is_refused(backbone: str, adapter: str, backbone_opti
 
 
 def test_one_run_writes_the_plots(backbone_options, tiny_h5ad: Path, tmp_path: Path) -> None:
-    rec = _recipe("scgpt", "gene_encoder_prompt", backbone_options("scgpt"), tiny_h5ad,
-                  tmp_path / "run", plots=True)
+    rec = _recipe(
+        "scgpt",
+        "gene_encoder_prompt",
+        backbone_options("scgpt"),
+        tiny_h5ad,
+        tmp_path / "run",
+        plots=True,
+    )
     rec["trainer"]["epochs"] = 2
     result = api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None)
     for png in ("confusion_matrix.png", "umap.png"):

@@ -121,8 +121,14 @@ def sctune_register_backbones():
 '''
 
 
-def _write_distribution(site: Path, source: str = PLUGIN_SOURCE, *, module: str = MODULE,
-                        dist: str = DIST, ep_name: str = "toyplug") -> Path:
+def _write_distribution(
+    site: Path,
+    source: str = PLUGIN_SOURCE,
+    *,
+    module: str = MODULE,
+    dist: str = DIST,
+    ep_name: str = "toyplug",
+) -> Path:
     pkg = site / module
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
@@ -144,17 +150,25 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         del sys.modules[name]
 
 
-def _recipe(tmp_path: Path, data: Path, adapter: dict, registry) -> dict:  # noqa: ANN001
+def _recipe(tmp_path: Path, data: Path, adapter: dict, registry) -> dict:
     options = registry.get("backbone", "meanmlp").cls.example_config(
-        tmp_path, testing.adata_genes(data))
+        tmp_path, testing.adata_genes(data)
+    )
     return {
-        "sctune": 1, "name": "toyplug", "seed": 0,
+        "sctune": 1,
+        "name": "toyplug",
+        "seed": 0,
         "data": {"path": str(data), "min_class_cells": 1},
         "backbone": {"name": "meanmlp", **options},
         "adapter": adapter,
         "task": {"name": "cell_type", "umap": False},
-        "trainer": {"epochs": 2, "batch_size": 16, "device": "cpu", "early_stopping": None,
-                    "optimizer": {"lr": 1.0e-3}},
+        "trainer": {
+            "epochs": 2,
+            "batch_size": 16,
+            "device": "cpu",
+            "early_stopping": None,
+            "optimizer": {"lr": 1.0e-3},
+        },
         "output": {"dir": str(tmp_path / "run"), "plots": False},
     }
 
@@ -166,7 +180,7 @@ def test_entry_point_is_discovered(installed: Path) -> None:
     assert len(eps) == 1 and eps[0].dist.name == DIST
 
 
-def test_plugins_lists_distribution_and_version(installed: Path, cli) -> None:  # noqa: ANN001
+def test_plugins_lists_distribution_and_version(installed: Path, cli) -> None:
     result = cli("plugins", "--json")
     assert result.code == 0, result
     rows = {r["name"]: r for r in json.loads(result.out)}
@@ -192,11 +206,14 @@ def test_trains_end_to_end_and_reloads(installed: Path, tmp_path: Path, tiny_h5a
     import anndata as ad
 
     got, want = ad.read_h5ad(out), ad.read_h5ad(result.run_dir / "predictions.h5ad")
-    assert (got.obs["sctune_prediction"].to_numpy() == want.obs["sctune_prediction"].to_numpy()).all()
+    assert (
+        got.obs["sctune_prediction"].to_numpy() == want.obs["sctune_prediction"].to_numpy()
+    ).all()
 
 
-def test_gene_encoder_prompt_fits_only_without_mlp_adapter(installed: Path, tmp_path: Path,
-                                                           tiny_h5ad: Path) -> None:
+def test_gene_encoder_prompt_fits_only_without_mlp_adapter(
+    installed: Path, tmp_path: Path, tiny_h5ad: Path
+) -> None:
     """``requires_for``: the attention-output half alone fits a backbone with no FFN branch."""
     registry = api.get_registry()
     rec = _recipe(tmp_path, tiny_h5ad, {"name": "gene_encoder_prompt"}, registry)
@@ -209,8 +226,9 @@ def test_gene_encoder_prompt_fits_only_without_mlp_adapter(installed: Path, tmp_
     assert report["gradient_audit"]["ok"] is True
 
 
-def test_validate_refuses_prefix_prompt(installed: Path, tmp_path: Path, tiny_h5ad: Path,
-                                        cli) -> None:  # noqa: ANN001
+def test_validate_refuses_prefix_prompt(
+    installed: Path, tmp_path: Path, tiny_h5ad: Path, cli
+) -> None:
     registry = api.get_registry()
     rec = _recipe(tmp_path, tiny_h5ad, {"name": "prefix_prompt"}, registry)
     path = tmp_path / "recipe.yaml"
@@ -239,8 +257,13 @@ def test_disable_plugins_blocks_it(installed: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_import_failure_names_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site = _write_distribution(tmp_path / "site", "import not_a_real_module_xyz\n",
-                               module="sctune_broken", dist="sctune-broken", ep_name="broken")
+    site = _write_distribution(
+        tmp_path / "site",
+        "import not_a_real_module_xyz\n",
+        module="sctune_broken",
+        dist="sctune-broken",
+        ep_name="broken",
+    )
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(PluginError) as info:
         api.get_registry()
@@ -252,12 +275,17 @@ def test_import_failure_names_the_plugin(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_misspelled_hook_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = ("from sctune import hookimpl\n\n@hookimpl\n"
-              "def sctune_register_backbone():\n    return []\n")
-    site = _write_distribution(tmp_path / "site", source, module="sctune_typo",
-                               dist="sctune-typo", ep_name="typo")
+    source = (
+        "from sctune import hookimpl\n\n@hookimpl\n"
+        "def sctune_register_backbone():\n    return []\n"
+    )
+    site = _write_distribution(
+        tmp_path / "site", source, module="sctune_typo", dist="sctune-typo", ep_name="typo"
+    )
     monkeypatch.syspath_prepend(str(site))
-    with pytest.raises(PluginError, match="plugin .typo.*did you mean .sctune_register_backbones."):
+    with pytest.raises(
+        PluginError, match="plugin .typo.*did you mean .sctune_register_backbones."
+    ):
         api.get_registry()
     for name in [m for m in sys.modules if m.startswith("sctune_typo")]:
         del sys.modules[name]
@@ -276,7 +304,7 @@ def test_duplicate_names_are_an_error(installed: Path, tmp_path: Path) -> None:
     assert "'toyplug'" in message and "'second'" in message
 
 
-def test_local_plugins_file(tmp_path: Path, tiny_h5ad: Path, cli) -> None:  # noqa: ANN001
+def test_local_plugins_file(tmp_path: Path, tiny_h5ad: Path, cli) -> None:
     """``--plugins my_plugins.yaml`` registers an unpackaged module (a .py path or a module name)."""
     local = tmp_path / "local"
     (local / "my_pkg").mkdir(parents=True)

@@ -29,16 +29,25 @@ class RunResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def get_registry(plugins: Sequence[PathLike] = (), *, autoload: bool = True, extra: Sequence[tuple[str, Any]] = ()) -> Any:
+def get_registry(
+    plugins: Sequence[PathLike] = (),
+    *,
+    autoload: bool = True,
+    extra: Sequence[tuple[str, Any]] = (),
+) -> Any:
     """Build a plugin manager (built-ins, entry points, local plugin files) and its registry."""
     from sctune.core.manager import get_plugin_manager
     from sctune.core.registry import Registry
 
-    pm = get_plugin_manager(autoload=autoload, local_plugins=[Path(p) for p in plugins], extra_modules=extra)
+    pm = get_plugin_manager(
+        autoload=autoload, local_plugins=[Path(p) for p in plugins], extra_modules=extra
+    )
     return Registry.build(pm)
 
 
-def load(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, registry: Any = None) -> Any:
+def load(
+    recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, registry: Any = None
+) -> Any:
     """Read and validate a recipe (path, shipped name or mapping) without touching the data."""
     from sctune.core.recipe import apply_overrides, load_recipe, validate_recipe
 
@@ -48,8 +57,13 @@ def load(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, re
     return load_recipe(recipe, registry, overrides)
 
 
-def validate(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, registry: Any = None,
-             check_data: bool = True) -> dict[str, Any]:
+def validate(
+    recipe: PathLike | dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    registry: Any = None,
+    check_data: bool = True,
+) -> dict[str, Any]:
     """Validate the recipe, then (optionally) the data: file, columns, split, gene overlap.
 
     Returns a report ``{"recipe": ..., "errors": [], "warnings": [], "info": []}``; raises
@@ -67,11 +81,19 @@ def validate(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *
         backbone = registry.instance("backbone", rec.backbone.name)
         genes = _genes_for_match(data.expression)
         if _needs_resolve(rec):
-            report["info"].append("gene match: vocabulary is built from the data's genes (random initialisation)")
+            report["info"].append(
+                "gene match: vocabulary is built from the data's genes (random initialisation)"
+            )
         else:
-            report["info"].append("gene match: " + backbone.gene_match(genes, rec.backbone.config).summary())
-        report["info"] += [f"data: {data.expression.n_cells} cells x {len(data.expression.genes)} genes, "
-                           f"{data.source} holds {data.expression.kind}", *data.notes, *pre.info]
+            report["info"].append(
+                "gene match: " + backbone.gene_match(genes, rec.backbone.config).summary()
+            )
+        report["info"] += [
+            f"data: {data.expression.n_cells} cells x {len(data.expression.genes)} genes, "
+            f"{data.source} holds {data.expression.kind}",
+            *data.notes,
+            *pre.info,
+        ]
         report["warnings"] += pre.warnings
         pre.raise_errors()
     return report
@@ -86,8 +108,14 @@ def _needs_resolve(rec: Any) -> bool:
     return getattr(cfg, "checkpoint", "x") is None and getattr(cfg, "vocab", "x") is None
 
 
-def run(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, registry: Any = None,
-        progress: bool = True, log: Any = print) -> RunResult:
+def run(
+    recipe: PathLike | dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    registry: Any = None,
+    progress: bool = True,
+    log: Any = print,
+) -> RunResult:
     """Train (or, for zero_shot, transfer) as the recipe says and write a run directory."""
     from sctune.core.runner import execute
 
@@ -120,8 +148,13 @@ def run(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, reg
     return result
 
 
-def inspect(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *, registry: Any = None,
-            audit: bool = True) -> dict[str, Any]:
+def inspect(
+    recipe: PathLike | dict[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    registry: Any = None,
+    audit: bool = True,
+) -> dict[str, Any]:
     """Build the model without training: parameter counts per module, adapters, gradient audit."""
     from sctune.core.runner import inspect_model
 
@@ -129,14 +162,27 @@ def inspect(recipe: PathLike | dict[str, Any], overrides: Sequence[str] = (), *,
     return inspect_model(load(recipe, overrides, registry=registry), registry, audit=audit)
 
 
-def predict(run_dir: PathLike, query: PathLike, output: PathLike, *, registry: Any = None,
-            checkpoint: PathLike | None = None, batch_size: int = 64) -> Path:
+def predict(
+    run_dir: PathLike,
+    query: PathLike,
+    output: PathLike,
+    *,
+    registry: Any = None,
+    checkpoint: PathLike | None = None,
+    batch_size: int = 64,
+) -> Path:
     """Annotate ``query`` (.h5ad) with a trained run; refuse a different backbone or vocabulary."""
     from sctune.core.predictor import predict_h5ad
 
     registry = registry or get_registry()
-    return predict_h5ad(Path(run_dir), str(query), Path(output), registry,
-                        checkpoint=None if checkpoint is None else Path(checkpoint), batch_size=batch_size)
+    return predict_h5ad(
+        Path(run_dir),
+        str(query),
+        Path(output),
+        registry,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        batch_size=batch_size,
+    )
 
 
 def plugins(registry: Any = None) -> list[dict[str, Any]]:
@@ -146,16 +192,29 @@ def plugins(registry: Any = None) -> list[dict[str, Any]]:
     for kind in ("backbone", "adapter", "task"):
         for name in registry.names(kind):
             e = registry.get(kind, name)
-            caps = sorted(str(c) for c in getattr(e.cls, "provides" if kind == "backbone" else "requires", ()))
-            rows.append({
-                "kind": kind, "name": name, "plugin": e.plugin, "distribution": e.distribution,
-                "version": e.version, "licence": getattr(e.cls, "licence", ""),
-                "capabilities": caps if kind != "task" else [],
-                "description": getattr(e.cls, "description", ""),
-                "options": {k: {"default": repr(f.default) if f.default is not None else "null",
-                                "description": f.description or ""}
-                            for k, f in e.cls.config_cls.model_fields.items()},
-            })
+            caps = sorted(
+                str(c)
+                for c in getattr(e.cls, "provides" if kind == "backbone" else "requires", ())
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "plugin": e.plugin,
+                    "distribution": e.distribution,
+                    "version": e.version,
+                    "licence": getattr(e.cls, "licence", ""),
+                    "capabilities": caps if kind != "task" else [],
+                    "description": getattr(e.cls, "description", ""),
+                    "options": {
+                        k: {
+                            "default": repr(f.default) if f.default is not None else "null",
+                            "description": f.description or "",
+                        }
+                        for k, f in e.cls.config_cls.model_fields.items()
+                    },
+                }
+            )
     return rows
 
 
@@ -175,10 +234,24 @@ def env_info() -> dict[str, Any]:
     from sctune import __version__
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip() or None
+        sha = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         sha = None
-    return {"sctune": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(), "git_sha": sha,
-            "platform": platform.platform()}
+    return {
+        "sctune": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "git_sha": sha,
+        "platform": platform.platform(),
+    }

@@ -49,8 +49,14 @@ def pbmc68k_counts() -> ad.AnnData:
     return ad.AnnData(X=sparse.csr_matrix(counts), obs=obs, var=ref.raw.var[[]].copy())
 
 
-def tiny_adata(n_cells: int = 120, *, n_genes: int | None = None, seed: int = 0,
-               min_per_class: int = 3, counts: bool = True) -> ad.AnnData:
+def tiny_adata(
+    n_cells: int = 120,
+    *,
+    n_genes: int | None = None,
+    seed: int = 0,
+    min_per_class: int = 3,
+    counts: bool = True,
+) -> ad.AnnData:
     """A stratified subsample of :func:`pbmc68k_counts` keeping ``min_per_class`` cells of each type.
 
     ``n_genes`` keeps the genes detected in most cells (all 765 by default). With
@@ -86,8 +92,11 @@ def write_tiny_h5ad(path: Path, n_cells: int = 120, **kwargs: Any) -> Path:
     return path
 
 
-_HOOKS = {"backbone": "sctune_register_backbones", "adapter": "sctune_register_adapters",
-          "task": "sctune_register_tasks"}
+_HOOKS = {
+    "backbone": "sctune_register_backbones",
+    "adapter": "sctune_register_adapters",
+    "task": "sctune_register_tasks",
+}
 
 
 def plugin_object(*components: type) -> object:
@@ -99,14 +108,22 @@ def plugin_object(*components: type) -> object:
 
     groups: dict[str, list[type]] = {k: [] for k in _HOOKS}
     for comp in components:
-        kind = ("backbone" if issubclass(comp, Backbone) else "adapter" if issubclass(comp, Adapter)
-                else "task" if issubclass(comp, Task) else None)
+        kind = (
+            "backbone"
+            if issubclass(comp, Backbone)
+            else "adapter"
+            if issubclass(comp, Adapter)
+            else "task"
+            if issubclass(comp, Task)
+            else None
+        )
         if kind is None:
             raise TypeError(f"{comp!r} is not a Backbone, Adapter or Task subclass")
         groups[kind].append(comp)
     ns = SimpleNamespace()
     for kind, classes in groups.items():
         if classes:
+
             def register(_classes: list[type] = classes) -> list[type]:
                 return list(_classes)
 
@@ -114,8 +131,9 @@ def plugin_object(*components: type) -> object:
     return ns
 
 
-def registry_with(*plugins: object, autoload: bool = False,
-                  local_plugins: Sequence[Path] = ()) -> Registry:
+def registry_with(
+    *plugins: object, autoload: bool = False, local_plugins: Sequence[Path] = ()
+) -> Registry:
     """A registry of the built-ins plus ``plugins``.
 
     Each item is a component class (wrapped with :func:`plugin_object`), a module or any object
@@ -133,8 +151,9 @@ def registry_with(*plugins: object, autoload: bool = False,
             extra.append((f"test_{getattr(item, 'name', i)}", plugin_object(item)))
         else:
             extra.append((getattr(item, "__name__", f"test_plugin_{i}"), item))
-    pm = get_plugin_manager(autoload=autoload, local_plugins=list(local_plugins),
-                            extra_modules=extra)
+    pm = get_plugin_manager(
+        autoload=autoload, local_plugins=list(local_plugins), extra_modules=extra
+    )
     return Registry.build(pm)
 
 
@@ -145,10 +164,20 @@ def adata_genes(path: Path) -> list[str]:
     return [str(g) for g in ad.read_h5ad(path, backed="r").var_names]
 
 
-def example_recipe(registry: Registry, backbone: str, adapter: str | Iterable[str], workdir: Path,
-                   data: Path, *, task: str = "cell_type", epochs: int = 1, batch_size: int = 16,
-                   plots: bool = False, out: Path | None = None,
-                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+def example_recipe(
+    registry: Registry,
+    backbone: str,
+    adapter: str | Iterable[str],
+    workdir: Path,
+    data: Path,
+    *,
+    task: str = "cell_type",
+    epochs: int = 1,
+    batch_size: int = 16,
+    plots: bool = False,
+    out: Path | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A recipe dict: a tiny ``example_config`` instance of ``backbone`` with ``adapter`` on ``data``.
 
     Raises ``NotImplementedError`` when the backbone has no ``example_config``. ``options`` are
@@ -166,20 +195,29 @@ def example_recipe(registry: Registry, backbone: str, adapter: str | Iterable[st
         "sctune": 1,
         "name": f"{backbone}-{'+'.join(names)}",
         "seed": 0,
-        "data": {"path": str(data), "label_column": LABEL_COLUMN,
-                 "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
-                 "min_class_cells": 1},
+        "data": {
+            "path": str(data),
+            "label_column": LABEL_COLUMN,
+            "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
+            "min_class_cells": 1,
+        },
         "backbone": {"name": backbone, **bopts},
         "adapter": adapters[0] if len(adapters) == 1 else adapters,
         "task": {"name": task, **({"umap": plots} if task == "cell_type" else {})},
-        "trainer": {"epochs": epochs, "batch_size": batch_size, "eval_batch_size": 64,
-                    "device": "cpu", "early_stopping": None,
-                    "optimizer": {"name": "adam", "lr": 1.0e-3}},
+        "trainer": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "eval_batch_size": 64,
+            "device": "cpu",
+            "early_stopping": None,
+            "optimizer": {"name": "adam", "lr": 1.0e-3},
+        },
         "output": {"dir": str(out or workdir / "run"), "plots": plots, "overwrite": True},
     }
 
 
 # --------------------------------------------------------------------------- a toy backbone
+
 
 def _toy_config_cls() -> type:
     from pydantic import Field
@@ -189,7 +227,9 @@ def _toy_config_cls() -> type:
     class ToyConfig(PluginConfig):
         """Options of the ``toy`` test backbone."""
 
-        genes_file: str | None = Field(None, description="text file, one gene per line (the vocabulary)")
+        genes_file: str | None = Field(
+            None, description="text file, one gene per line (the vocabulary)"
+        )
         hidden: int = Field(16, ge=2, description="embedding width")
         seed: int = Field(0, description="seed of the random (frozen) weights")
 
@@ -218,7 +258,9 @@ def _make_toy() -> type:
             from sctune.core.errors import CheckpointError
 
             if config.genes_file is None or not Path(config.genes_file).is_file():
-                raise CheckpointError(f"backbone 'toy': genes_file '{config.genes_file}' not found")
+                raise CheckpointError(
+                    f"backbone 'toy': genes_file '{config.genes_file}' not found"
+                )
             return Path(config.genes_file).read_text().split()
 
         def build(self, config: Any, *, load_weights: bool = True) -> Any:
@@ -248,21 +290,26 @@ def _make_toy() -> type:
             ids, values = [], []
             X = expr.X.tocsr()
             for r in range(X.shape[0]):
-                row = X.indices[X.indptr[r]:X.indptr[r + 1]]
-                val = X.data[X.indptr[r]:X.indptr[r + 1]]
+                row = X.indices[X.indptr[r] : X.indptr[r + 1]]
+                val = X.data[X.indptr[r] : X.indptr[r + 1]]
                 keep = cols[row] > 0
                 ids.append(np.concatenate([[0], cols[row][keep]]).astype(np.int64))
                 values.append(np.concatenate([[0.0], np.log1p(val[keep])]).astype(np.float32))
-            return TokenizedCells(fields={"gene_ids": ids, "values": values},
-                                  pad_values={"gene_ids": 0, "values": 0.0},
-                                  dtypes={"gene_ids": torch.long, "values": torch.float32},
-                                  gene_match=self.gene_match(expr.genes, config))
+            return TokenizedCells(
+                fields={"gene_ids": ids, "values": values},
+                pad_values={"gene_ids": 0, "values": 0.0},
+                dtypes={"gene_ids": torch.long, "values": torch.float32},
+                gene_match=self.gene_match(expr.genes, config),
+            )
 
         def surfaces(self, module: Any) -> Any:
             from sctune.core.surfaces import BlockSurfaces, Surfaces
 
-            return Surfaces(hidden_size=module.hidden_size, input_embedding=module.input_slot,
-                            blocks=(BlockSurfaces(attention_output=module.block_slot),))
+            return Surfaces(
+                hidden_size=module.hidden_size,
+                input_embedding=module.input_slot,
+                blocks=(BlockSurfaces(attention_output=module.block_slot),),
+            )
 
         def resolve(self, config: Any, *, genes: Sequence[str], run_dir: Path) -> Any:
             if config.genes_file is not None:

@@ -24,8 +24,16 @@ from sctune.core.audit import audit_gradients
 
 ADAPTERS = [GeneTokenPrompt, GeneEncoderPrompt, PrefixPrompt, LoRA]
 GENES = [f"GENE{i}" for i in range(30)]
-ARGS = {"embsize": 32, "nheads": 4, "d_hid": 64, "nlayers": 3, "n_layers_cls": 3,
-        "dropout": 0.0, "pad_token": "<pad>", "pad_value": -2}
+ARGS = {
+    "embsize": 32,
+    "nheads": 4,
+    "d_hid": 64,
+    "nlayers": 3,
+    "n_layers_cls": 3,
+    "dropout": 0.0,
+    "pad_token": "<pad>",
+    "pad_value": -2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +44,31 @@ def reference(tmp_path_factory):
     vocab = {g: i for i, g in enumerate(GENES)}
     vocab.update({"<pad>": len(GENES), "<cls>": len(GENES) + 1, "<eoc>": len(GENES) + 2})
     torch.manual_seed(0)
-    ref = cls(len(vocab), 32, 4, 64, 3, nlayers_cls=3, n_cls=1, vocab={"<pad>": vocab["<pad>"]},
-              dropout=0.0, pad_token="<pad>", pad_value=-2, do_mvc=True,
-              input_emb_style="continuous", use_fast_transformer=False)
+    ref = cls(
+        len(vocab),
+        32,
+        4,
+        64,
+        3,
+        nlayers_cls=3,
+        n_cls=1,
+        vocab={"<pad>": vocab["<pad>"]},
+        dropout=0.0,
+        pad_token="<pad>",
+        pad_value=-2,
+        do_mvc=True,
+        input_emb_style="continuous",
+        use_fast_transformer=False,
+    )
     with torch.no_grad():  # non-trivial LayerNorms and biases
         for name, p in ref.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     ref.eval()
     folder = tmp_path_factory.mktemp("scgpt_ref")
-    state = {k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v
-             for k, v in ref.state_dict().items()}
+    state = {
+        k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v for k, v in ref.state_dict().items()
+    }
     write_checkpoint(folder, state, ARGS, vocab, layout="flash")
 
     g = torch.Generator().manual_seed(1)
@@ -97,8 +119,7 @@ def test_loaded_reference_checkpoint_matches_reference(reference):
 
 @pytest.mark.parametrize(
     ("cls", "options"),
-    [(GeneTokenPrompt, {"zero_init": True}), (GeneEncoderPrompt, {"zero_init": True}),
-     (LoRA, {})],
+    [(GeneTokenPrompt, {"zero_init": True}), (GeneEncoderPrompt, {"zero_init": True}), (LoRA, {})],
     ids=["gene_token_prompt", "gene_encoder_prompt", "lora"],
 )
 def test_zero_initialised_adapters_reproduce_the_reference(reference, cls, options):

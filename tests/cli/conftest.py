@@ -10,10 +10,19 @@ import yaml
 
 def tiny_recipe(data_path: Path, out: Path, **sections: dict) -> dict:
     recipe = {
-        "sctune": 1, "name": "cli-test", "seed": 0,
+        "sctune": 1,
+        "name": "cli-test",
+        "seed": 0,
         "data": {"path": str(data_path), "label_column": "cell_type", "min_class_cells": 1},
-        "backbone": {"name": "scgpt", "embsize": 32, "nheads": 4, "d_hid": 64, "nlayers": 2,
-                     "dropout": 0.0, "max_seq_len": 128},
+        "backbone": {
+            "name": "scgpt",
+            "embsize": 32,
+            "nheads": 4,
+            "d_hid": 64,
+            "nlayers": 2,
+            "dropout": 0.0,
+            "max_seq_len": 128,
+        },
         "adapter": {"name": "lora"},
         "task": {"name": "cell_type", "umap": False},
         "trainer": {"epochs": 1, "batch_size": 16, "device": "cpu", "early_stopping": None},
@@ -25,13 +34,14 @@ def tiny_recipe(data_path: Path, out: Path, **sections: dict) -> dict:
 
 
 @pytest.fixture
-def write_recipe(tmp_path: Path, tiny_h5ad: Path):  # noqa: ANN201
+def write_recipe(tmp_path: Path, tiny_h5ad: Path):
     """``write_recipe(**sections)`` writes a valid tiny recipe (sections merged in) and returns its path."""
 
     def write(name: str = "recipe.yaml", **sections: dict) -> Path:
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(tiny_recipe(tiny_h5ad, tmp_path / "run", **sections),
-                                       sort_keys=False))
+        path.write_text(
+            yaml.safe_dump(tiny_recipe(tiny_h5ad, tmp_path / "run", **sections), sort_keys=False)
+        )
         return path
 
     return write

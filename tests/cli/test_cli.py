@@ -29,14 +29,20 @@ print("SCTUNE_PROBE", code, ",".join(heavy) or "-", file=sys.stderr)
 
 
 def _probe(*args: str) -> tuple[int, list[str], str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(args=list(args))],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(args=list(args))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     line = next(x for x in proc.stderr.splitlines() if x.startswith("SCTUNE_PROBE"))
     _, code, heavy = line.split()
     return int(code or 0), [] if heavy == "-" else heavy.split(","), proc.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"]]
+)
 def test_cheap_commands_do_not_import_torch(args: list[str]) -> None:
     code, heavy, out = _probe(*args)
     assert code == 0
@@ -45,21 +51,22 @@ def test_cheap_commands_do_not_import_torch(args: list[str]) -> None:
 
 
 def test_python_m_sctune_help() -> None:
-    proc = subprocess.run([sys.executable, "-m", "sctune", "--help"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sctune", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     for command in ("run", "validate", "inspect", "predict", "plugins", "recipes"):
         assert command in proc.stdout
 
 
-def test_valid_recipe_validates(cli, write_recipe) -> None:  # noqa: ANN001
+def test_valid_recipe_validates(cli, write_recipe) -> None:
     result = cli("validate", write_recipe())
     assert result.code == 0, result
     assert "is valid" in result.out
     assert "120 cells x 200 genes" in result.out and "counts" in result.out
 
 
-def test_misspelled_adapter(cli, write_recipe) -> None:  # noqa: ANN001
+def test_misspelled_adapter(cli, write_recipe) -> None:
     result = cli("validate", write_recipe(adapter={"name": "lroa"}))
     assert result.code == 2, result
     assert "adapter.name: unknown adapter 'lroa'; did you mean 'lora'?" in result.err
@@ -68,9 +75,10 @@ def test_misspelled_adapter(cli, write_recipe) -> None:  # noqa: ANN001
     assert result.err.startswith("error: recipe")
 
 
-def test_all_problems_reported_at_once(cli, write_recipe) -> None:  # noqa: ANN001
-    path = write_recipe(adapter={"name": "lora", "rank": 0},
-                        trainer={"learning_rate": 0.1, "epochs": -1})
+def test_all_problems_reported_at_once(cli, write_recipe) -> None:
+    path = write_recipe(
+        adapter={"name": "lora", "rank": 0}, trainer={"learning_rate": 0.1, "epochs": -1}
+    )
     result = cli("validate", path)
     assert result.code == 2, result
     assert "(3 problems)" in result.err
@@ -80,7 +88,7 @@ def test_all_problems_reported_at_once(cli, write_recipe) -> None:  # noqa: ANN0
     assert "Traceback" not in result.text
 
 
-def test_missing_label_column(cli, write_recipe) -> None:  # noqa: ANN001
+def test_missing_label_column(cli, write_recipe) -> None:
     result = cli("validate", write_recipe(data={"label_column": "celltype"}))
     assert result.code == 2, result
     assert "data.label_column: column 'celltype' not found in adata.obs" in result.err
@@ -89,20 +97,20 @@ def test_missing_label_column(cli, write_recipe) -> None:  # noqa: ANN001
     assert "Traceback" not in result.text
 
 
-def test_missing_data_file(cli, write_recipe, tmp_path: Path) -> None:  # noqa: ANN001
+def test_missing_data_file(cli, write_recipe, tmp_path: Path) -> None:
     result = cli("validate", write_recipe(data={"path": str(tmp_path / "nope.h5ad")}))
     assert result.code == 2, result
     assert "data.path: file" in result.err and "nope.h5ad' does not exist" in result.err
     assert "Traceback" not in result.text
 
 
-def test_missing_recipe_suggests_shipped(cli) -> None:  # noqa: ANN001
+def test_missing_recipe_suggests_shipped(cli) -> None:
     result = cli("validate", "quikstart")
     assert result.code == 2
     assert "did you mean 'quickstart'?" in result.err
 
 
-def test_overrides(cli, write_recipe, tiny_h5ad: Path) -> None:  # noqa: ANN001
+def test_overrides(cli, write_recipe, tiny_h5ad: Path) -> None:
     path = write_recipe()
     rec = api.load(path, ["adapter.rank=4", "trainer.optimizer.lr=1e-4", "adapter.targets=[q, k]"])
     assert rec.adapters[0].config.rank == 4
@@ -116,7 +124,7 @@ def test_overrides(cli, write_recipe, tiny_h5ad: Path) -> None:  # noqa: ANN001
     assert broken.code == 2 and "expected dotted.key=value" in broken.err
 
 
-def test_recipes_list_and_init(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_recipes_list_and_init(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     listing = cli("recipes")
     assert listing.code == 0 and "quickstart" in listing.out
     monkeypatch.chdir(tmp_path)
@@ -129,12 +137,22 @@ def test_recipes_list_and_init(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert again.code == 2 and "already exists" in again.err
 
 
-def test_inspect_json(cli, write_recipe) -> None:  # noqa: ANN001
+def test_inspect_json(cli, write_recipe) -> None:
     result = cli("inspect", write_recipe(), "--json")
     assert result.code == 0, result
     report = json.loads(result.out)
-    assert {"backbone", "adapters", "n_classes", "total", "trainable", "backbone_total", "head",
-            "modules", "randomly_initialised", "gradient_audit"} <= set(report)
+    assert {
+        "backbone",
+        "adapters",
+        "n_classes",
+        "total",
+        "trainable",
+        "backbone_total",
+        "head",
+        "modules",
+        "randomly_initialised",
+        "gradient_audit",
+    } <= set(report)
     assert report["backbone"] == "scgpt" and report["adapters"][0]["name"] == "lora"
     assert report["n_classes"] == 10 and report["randomly_initialised"] is True
     assert report["trainable"] == report["adapters"][0]["trainable"] + report["head"]
@@ -144,10 +162,11 @@ def test_inspect_json(cli, write_recipe) -> None:  # noqa: ANN001
     assert table.code == 0 and "trainable" in table.out and "randomly initialised" in table.out
 
 
-def test_run_then_predict_refuses_changed_checkpoint(cli, tmp_path: Path, tiny_h5ad: Path) -> None:  # noqa: ANN001
+def test_run_then_predict_refuses_changed_checkpoint(cli, tmp_path: Path, tiny_h5ad: Path) -> None:
     registry = testing.registry_with()
-    rec = testing.example_recipe(registry, "scgpt", "lora", tmp_path, tiny_h5ad,
-                                 out=tmp_path / "run")
+    rec = testing.example_recipe(
+        registry, "scgpt", "lora", tmp_path, tiny_h5ad, out=tmp_path / "run"
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(rec))
     result = cli("run", path, "--quiet")
@@ -171,7 +190,7 @@ def test_run_then_predict_refuses_changed_checkpoint(cli, tmp_path: Path, tiny_h
     assert not (tmp_path / "b.h5ad").exists()
 
 
-def test_run_directory_exists(cli, write_recipe, tmp_path: Path) -> None:  # noqa: ANN001
+def test_run_directory_exists(cli, write_recipe, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("x")
     result = cli("run", write_recipe(), "-q")

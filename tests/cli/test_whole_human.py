@@ -41,13 +41,29 @@ def whole_human(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path) -> Pa
     for tok in SPECIALS:
         vocab[tok] = len(vocab)
     assert len(vocab) == 60_697
-    args = {"embsize": 512, "nheads": 8, "d_hid": 512, "nlayers": 12, "n_layers_cls": 3,
-            "dropout": 0.2, "pad_token": "<pad>", "pad_value": -2, "n_bins": 51,
-            "input_emb_style": "continuous"}
+    args = {
+        "embsize": 512,
+        "nheads": 8,
+        "d_hid": 512,
+        "nlayers": 12,
+        "n_layers_cls": 3,
+        "dropout": 0.2,
+        "pad_token": "<pad>",
+        "pad_value": -2,
+        "n_bins": 51,
+        "input_emb_style": "continuous",
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = ScGPTEncoder(len(vocab), pad_id=vocab["<pad>"], embsize=512, nheads=8, d_hid=512,
-                             nlayers=12, dropout=0.2)
+        model = ScGPTEncoder(
+            len(vocab),
+            pad_id=vocab["<pad>"],
+            embsize=512,
+            nheads=8,
+            d_hid=512,
+            nlayers=12,
+            dropout=0.2,
+        )
     folder = tmp_path_factory.mktemp("whole_human") / "scGPT_human"
     write_checkpoint(folder, model.state_dict(), args, vocab, layout="flash")
     del model
@@ -57,24 +73,30 @@ def whole_human(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path) -> Pa
 @pytest.fixture(scope="module")
 def recipe(whole_human: Path, tiny_h5ad: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("whole_human_recipe") / "recipe.yaml"
-    path.write_text(yaml.safe_dump({
-        "sctune": 1, "name": "whole-human", "seed": 0,
-        "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
-        "backbone": {"name": "scgpt", "checkpoint": str(whole_human)},
-        "adapter": {"name": "lora"},
-        "task": {"name": "cell_type"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sctune": 1,
+                "name": "whole-human",
+                "seed": 0,
+                "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
+                "backbone": {"name": "scgpt", "checkpoint": str(whole_human)},
+                "adapter": {"name": "lora"},
+                "task": {"name": "cell_type"},
+            }
+        )
+    )
     return path
 
 
-def _inspect(cli, recipe: Path, adapter: str) -> dict:  # noqa: ANN001
+def _inspect(cli, recipe: Path, adapter: str) -> dict:
     result = cli("inspect", recipe, f"adapter={{name: {adapter}}}", "--json", "--no-audit")
     assert result.code == 0, result
     return json.loads(result.out)
 
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTER_COUNTS))
-def test_adapter_counts(cli, recipe: Path, adapter: str) -> None:  # noqa: ANN001
+def test_adapter_counts(cli, recipe: Path, adapter: str) -> None:
     report = _inspect(cli, recipe, adapter)
     n = report["n_classes"]
     assert n == 10
@@ -84,36 +106,49 @@ def test_adapter_counts(cli, recipe: Path, adapter: str) -> None:  # noqa: ANN00
     assert report["trainable"] == ADAPTER_COUNTS[adapter] + head_size(n)
 
 
-def test_full_trains_everything(cli, recipe: Path) -> None:  # noqa: ANN001
+def test_full_trains_everything(cli, recipe: Path) -> None:
     report = _inspect(cli, recipe, "full")
     assert report["trainable"] == report["total"]
     assert report["total"] == report["backbone_total"] + report["head"]
     assert report["backbone_total"] > 50_000_000
 
 
-def test_inspect_reports_published_scgpt_count(cli, recipe: Path) -> None:  # noqa: ANN001
+def test_inspect_reports_published_scgpt_count(cli, recipe: Path) -> None:
     """Encoder + ExprDecoder of the whole-human shape: 50,278,400 + 525,825."""
     report = _inspect(cli, recipe, "head")
     assert report["backbone_total"] == 50_278_400
     assert report["reference_model_parameters"] == 50_804_225
 
 
-def test_inspect_reports_geneformer_v1_10m(cli, shared_data: Path, tiny_h5ad: Path,
-                                          tmp_path: Path) -> None:  # noqa: ANN001
+def test_inspect_reports_geneformer_v1_10m(
+    cli, shared_data: Path, tiny_h5ad: Path, tmp_path: Path
+) -> None:
     """Real-size Geneformer V1-10M (config + real V1 dictionaries): 10,288,722 with its MLM head."""
     vocab = shared_data / "vocab"
     path = tmp_path / "gf.yaml"
-    path.write_text(yaml.safe_dump({
-        "sctune": 1, "name": "gf-v1-10m", "seed": 0,
-        "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
-        "backbone": {"name": "geneformer",
-                     "model_config": str(shared_data / "geneformer_configs" / "v1_6L_10M_config.json"),
-                     "token_dictionary": str(vocab / "geneformer_v1_token_dictionary.json"),
-                     "gene_median_dictionary": str(vocab / "geneformer_v1_gene_median_dictionary.json"),
-                     "gene_name_id_dict": str(vocab / "geneformer_v1_gene_name_id_dict.json")},
-        "adapter": {"name": "lora"},
-        "task": {"name": "cell_type"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sctune": 1,
+                "name": "gf-v1-10m",
+                "seed": 0,
+                "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
+                "backbone": {
+                    "name": "geneformer",
+                    "model_config": str(
+                        shared_data / "geneformer_configs" / "v1_6L_10M_config.json"
+                    ),
+                    "token_dictionary": str(vocab / "geneformer_v1_token_dictionary.json"),
+                    "gene_median_dictionary": str(
+                        vocab / "geneformer_v1_gene_median_dictionary.json"
+                    ),
+                    "gene_name_id_dict": str(vocab / "geneformer_v1_gene_name_id_dict.json"),
+                },
+                "adapter": {"name": "lora"},
+                "task": {"name": "cell_type"},
+            }
+        )
+    )
     result = cli("inspect", path, "--json", "--no-audit")
     assert result.code == 0, result
     report = json.loads(result.out)

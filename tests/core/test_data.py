@@ -87,8 +87,10 @@ def test_stratified_keeps_every_class_in_train() -> None:
 
 def test_column_split() -> None:
     labels = _labels({"a": 6, "b": 6})
-    obs = pd.DataFrame({"part": ["train"] * 4 + ["Test"] * 2 + ["val"] + ["training"] * 5},
-                       index=[f"c{i}" for i in range(12)])
+    obs = pd.DataFrame(
+        {"part": ["train"] * 4 + ["Test"] * 2 + ["val"] + ["training"] * 5},
+        index=[f"c{i}" for i in range(12)],
+    )
     split = split_cells(obs, labels, SplitConfig(method="column", column="part"), seed=0)
     assert split["test"].tolist() == [4, 5] and split["valid"].tolist() == [6]
     obs["part"] = "bogus"
@@ -100,16 +102,21 @@ def test_group_split_holds_out_whole_groups() -> None:
     donors = np.repeat([f"d{i}" for i in range(6)], 10)
     labels = np.tile(["a", "b"], 30)
     obs = pd.DataFrame({"donor": donors}, index=[f"c{i}" for i in range(60)])
-    split = split_cells(obs, labels, SplitConfig(method="group", group_column="donor", test=0.3),
-                        seed=0)
+    split = split_cells(
+        obs, labels, SplitConfig(method="group", group_column="donor", test=0.3), seed=0
+    )
     groups = {s: set(donors[idx]) for s, idx in split.items()}
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["valid"]
     assert not groups["valid"] & groups["test"]
     assert len(groups["valid"]) == 1 and len(groups["test"]) >= 1 and len(groups["train"]) >= 1
     assert sum(len(v) for v in split.values()) == 60
     with pytest.raises(DataError, match="needs at least 3"):
-        split_cells(obs.assign(donor="x"), labels,
-                    SplitConfig(method="group", group_column="donor"), seed=0)
+        split_cells(
+            obs.assign(donor="x"),
+            labels,
+            SplitConfig(method="group", group_column="donor"),
+            seed=0,
+        )
     with pytest.raises(DataError, match="group_column: column 'patient' not found"):
         split_cells(obs, labels, SplitConfig(method="group", group_column="patient"), seed=0)
 
@@ -124,8 +131,12 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
     # another run with the cells in another order gets the same cells in each part
     perm = np.random.default_rng(0).permutation(60)
     shuffled = [ids[i] for i in perm]
-    reused = split_cells(pd.DataFrame(index=shuffled), labels[perm],
-                         SplitConfig(file=str(tmp_path / "split.json")), seed=99)
+    reused = split_cells(
+        pd.DataFrame(index=shuffled),
+        labels[perm],
+        SplitConfig(file=str(tmp_path / "split.json")),
+        seed=99,
+    )
     for part in split:
         assert sorted(shuffled[i] for i in reused[part]) == sorted(ids[i] for i in split[part])
     with pytest.raises(DataError, match="cells of .* are not in the data"):

@@ -20,22 +20,29 @@ class _Prepared:
     classes = ["a", "b", "c"]
 
 
-def _toy(registry, tmp_path: Path, adapter: str, **options):  # noqa: ANN001, ANN202
+def _toy(registry, tmp_path: Path, adapter: str, **options):
     backbone = registry.instance("backbone", "toy")
     bcfg = backbone.config_cls.model_validate(
-        backbone.example_config(tmp_path, [f"G{i}" for i in range(20)]))
+        backbone.example_config(tmp_path, [f"G{i}" for i in range(20)])
+    )
     plugin = registry.instance("adapter", adapter)
     task = registry.instance("task", "cell_type")
-    return assemble(backbone, bcfg, [(plugin, plugin.config_cls.model_validate(options))], task,
-                    task.config_cls(), _Prepared())
+    return assemble(
+        backbone,
+        bcfg,
+        [(plugin, plugin.config_cls.model_validate(options))],
+        task,
+        task.config_cls(),
+        _Prepared(),
+    )
 
 
 @pytest.fixture(scope="module")
-def toy_registry():  # noqa: ANN201
+def toy_registry():
     return testing.registry_with(testing.ToyBackbone)
 
 
-def test_trainable_set_is_exact(toy_registry, tmp_path: Path) -> None:  # noqa: ANN001
+def test_trainable_set_is_exact(toy_registry, tmp_path: Path) -> None:
     asm = _toy(toy_registry, tmp_path, "gene_token_prompt")
     trainable = {n for n, p in asm.model.named_parameters() if p.requires_grad}
     assert trainable == set(asm.trainable)
@@ -45,11 +52,11 @@ def test_trainable_set_is_exact(toy_registry, tmp_path: Path) -> None:  # noqa: 
     assert head.adapter_names == [] and head.head_names
 
 
-def test_always_frozen_survives_full(toy_registry, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_always_frozen_survives_full(toy_registry, tmp_path: Path, monkeypatch) -> None:
     backbone_cls = toy_registry.get("backbone", "toy").cls
     original = backbone_cls.build
 
-    def build(self, config, *, load_weights=True):  # noqa: ANN001, ANN202
+    def build(self, config, *, load_weights=True):
         module = original(self, config, load_weights=load_weights)
         module.always_frozen = ("gene.weight",)
         return module
@@ -88,16 +95,22 @@ def test_tensor_round_trip(tmp_path: Path) -> None:
     assert torch.equal(model[0].weight, saved["0.weight"])
     with pytest.raises(CheckpointError, match="unknown tensor '1.weight'"):
         A.load_into(model, {"1.weight": torch.zeros(1)}, what="test")
-    with pytest.raises(CheckpointError, match="0.bias: \\(5,\\) in the file, \\(3,\\) in the model"):
+    with pytest.raises(
+        CheckpointError, match="0.bias: \\(5,\\) in the file, \\(3,\\) in the model"
+    ):
         A.load_into(model, {"0.bias": torch.zeros(5)}, what="test")
     with pytest.raises(CheckpointError, match="missing"):
         A.load_tensors(tmp_path / "nope.safetensors")
 
 
-def test_run_directory_holds_only_adapter_tensors(toy_registry, tmp_path: Path,  # noqa: ANN001
-                                                   tiny_h5ad: Path) -> None:
-    rec = testing.example_recipe(toy_registry, "toy", "gene_token_prompt", tmp_path, tiny_h5ad,
-                                 epochs=2)
+def test_run_directory_holds_only_adapter_tensors(
+    toy_registry,
+    tmp_path: Path,
+    tiny_h5ad: Path,
+) -> None:
+    rec = testing.example_recipe(
+        toy_registry, "toy", "gene_token_prompt", tmp_path, tiny_h5ad, epochs=2
+    )
     result = api.run(rec, registry=toy_registry, progress=False, log=lambda m: None)
     run = result.run_dir
     adapter = A.load_tensors(run / A.ADAPTER_WEIGHTS)
@@ -114,8 +127,9 @@ def test_run_directory_holds_only_adapter_tensors(toy_registry, tmp_path: Path, 
     split = A.read_json(run / A.SPLIT)
     assert sum(len(split[s]) for s in ("train", "valid", "test")) == 120
     # a second run reusing the split file sees exactly the same cells
-    rec2 = testing.example_recipe(toy_registry, "toy", "head", tmp_path,
-                                  tiny_h5ad, out=tmp_path / "run2")
+    rec2 = testing.example_recipe(
+        toy_registry, "toy", "head", tmp_path, tiny_h5ad, out=tmp_path / "run2"
+    )
     rec2["data"]["split"] = {"file": str(run / A.SPLIT)}
     rec2["data"]["max_cells"] = None
     second = api.run(rec2, registry=toy_registry, progress=False, log=lambda m: None)
@@ -124,16 +138,21 @@ def test_run_directory_holds_only_adapter_tensors(toy_registry, tmp_path: Path, 
     assert np.isclose(sum(result.metrics["n_cells"].values()), 120)
 
 
-def test_moved_run_directory_still_predicts(toy_registry, tmp_path: Path,  # noqa: ANN001
-                                            tiny_h5ad: Path, monkeypatch) -> None:
+def test_moved_run_directory_still_predicts(
+    toy_registry,
+    tmp_path: Path,
+    tiny_h5ad: Path,
+    monkeypatch,
+) -> None:
     """Random-init files written by resolve() live in the run dir; predict rebases them."""
     import shutil
 
     import anndata as ad
 
     monkeypatch.chdir(tmp_path)
-    rec = testing.example_recipe(toy_registry, "toy", "gene_token_prompt",
-                                 tmp_path, tiny_h5ad, out=Path("relative_run"))
+    rec = testing.example_recipe(
+        toy_registry, "toy", "gene_token_prompt", tmp_path, tiny_h5ad, out=Path("relative_run")
+    )
     rec["backbone"].pop("genes_file")  # resolve() writes the vocabulary into the run directory
     result = api.run(rec, registry=toy_registry, progress=False, log=lambda m: None)
     assert result.run_dir.is_absolute()

@@ -12,11 +12,14 @@ from sctune.core.manager import get_plugin_manager
 from sctune.core.manifest import read_manifest
 from sctune.core.registry import Registry
 
-HOOKS = {"backbone": "sctune_register_backbones", "adapter": "sctune_register_adapters",
-         "task": "sctune_register_tasks"}
+HOOKS = {
+    "backbone": "sctune_register_backbones",
+    "adapter": "sctune_register_adapters",
+    "task": "sctune_register_tasks",
+}
 
 
-def test_manifest_matches_registered_components(registry) -> None:  # noqa: ANN001
+def test_manifest_matches_registered_components(registry) -> None:
     manifest = read_manifest()
     names = [e.name for e in manifest.plugins]
     assert len(names) == len(set(names))
@@ -37,9 +40,11 @@ def test_plugin_modules_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from sctune.core.manager import get_plugin_manager; "
-            "from sctune.core.registry import Registry; Registry.build(get_plugin_manager()); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from sctune.core.manager import get_plugin_manager; "
+        "from sctune.core.registry import Registry; Registry.build(get_plugin_manager()); "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
 
@@ -51,7 +56,7 @@ def test_blocked_builtin_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "scgpt" in reg.names("backbone")
 
 
-def test_unknown_name_lists_installed(registry) -> None:  # noqa: ANN001
+def test_unknown_name_lists_installed(registry) -> None:
     with pytest.raises(PluginError, match="unknown adapter 'lroa'; did you mean 'lora'"):
         registry.get("adapter", "lroa")
 
@@ -59,12 +64,14 @@ def test_unknown_name_lists_installed(registry) -> None:  # noqa: ANN001
 def test_duplicate_component_names_both_plugins() -> None:
     from sctune.adapters.lora.plugin import LoRA
 
-    with pytest.raises(PluginError, match="adapter 'lora' is registered twice: by plugin 'lora' "
-                                          "and by plugin 'mine'"):
+    with pytest.raises(
+        PluginError,
+        match="adapter 'lora' is registered twice: by plugin 'lora' and by plugin 'mine'",
+    ):
         testing.registry_with(("mine", testing.plugin_object(LoRA)))
 
 
-def test_requires_for_is_used(registry) -> None:  # noqa: ANN001
+def test_requires_for_is_used(registry) -> None:
     reg = testing.registry_with(testing.ToyBackbone)
     cfg = reg.get("adapter", "gene_encoder_prompt").cls.config_cls
     with pytest.raises(CompatibilityError, match="ffn_parallel"):

@@ -73,12 +73,24 @@ def test_evaluate_metrics_and_plots(tmp_path: Path) -> None:
     targets = np.repeat([0, 1, 2], 8)
     logits = np.eye(3)[targets] * 3 + rng.normal(0, 1, (24, 3))
     emb = np.eye(3)[targets] + rng.normal(0, 0.2, (24, 3))
-    result = task.evaluate(logits=logits, targets=targets, embeddings=emb, prepared=state,
-                           config=CellTypeConfig(umap=False), out_dir=tmp_path)
+    result = task.evaluate(
+        logits=logits,
+        targets=targets,
+        embeddings=emb,
+        prepared=state,
+        config=CellTypeConfig(umap=False),
+        out_dir=tmp_path,
+    )
     pred = logits.argmax(axis=1)
     assert result["accuracy"] == pytest.approx((pred == targets).mean())
-    for key in ("balanced_accuracy", "macro_f1", "weighted_f1", "macro_precision",
-                "weighted_recall", "silhouette"):
+    for key in (
+        "balanced_accuracy",
+        "macro_f1",
+        "weighted_f1",
+        "macro_precision",
+        "weighted_recall",
+        "silhouette",
+    ):
         assert key in result
     assert set(result["per_class"]) == {"B", "NK", "T"}
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -28,11 +28,11 @@ app.add_typer(recipes_app, name="recipes")
 _STATE: dict[str, Any] = {"plugins": [], "debug": False, "registry": None}
 
 PluginsOpt = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Option("--plugins", help="YAML file listing local plugin modules (repeatable)."),
 ]
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="dotted.key=value overrides, e.g. trainer.epochs=5")
+    list[str] | None, typer.Argument(help="dotted.key=value overrides, e.g. trainer.epochs=5")
 ]
 
 
@@ -47,7 +47,9 @@ def _registry() -> Any:
 @app.callback()
 def _main(
     plugins: PluginsOpt = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for every error.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks for every error.")
+    ] = False,
 ) -> None:
     """Adapt scGPT, Geneformer and scBERT with scPEFT adapters, from YAML recipes."""
     _STATE["plugins"] = list(plugins or [])
@@ -56,15 +58,22 @@ def _main(
 
 @app.command("run")
 def run_cli(
-    recipe: Annotated[str, typer.Argument(help="Recipe file or shipped recipe name (e.g. quickstart).")],
+    recipe: Annotated[
+        str, typer.Argument(help="Recipe file or shipped recipe name (e.g. quickstart).")
+    ],
     overrides: Overrides = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train as the recipe says and write a run directory (metrics, plots, adapter weights)."""
     from sctune import api
 
-    result = api.run(recipe, overrides or [], registry=_registry(), progress=not quiet,
-                     log=lambda m: typer.echo(m, err=False))
+    result = api.run(
+        recipe,
+        overrides or [],
+        registry=_registry(),
+        progress=not quiet,
+        log=lambda m: typer.echo(m, err=False),
+    )
     typer.echo(f"wrote {', '.join(sorted(result.files))}")
 
 
@@ -72,7 +81,9 @@ def run_cli(
 def validate_cli(
     recipe: Annotated[str, typer.Argument(help="Recipe file or shipped recipe name.")],
     overrides: Overrides = None,
-    no_data: Annotated[bool, typer.Option("--no-data", help="Check the recipe only, not the data.")] = False,
+    no_data: Annotated[
+        bool, typer.Option("--no-data", help="Check the recipe only, not the data.")
+    ] = False,
 ) -> None:
     """Check a recipe (keys, plugin options, compatibility) and its data (file, columns, genes, split)."""
     from sctune import api
@@ -90,7 +101,9 @@ def inspect_cli(
     recipe: Annotated[str, typer.Argument(help="Recipe file or shipped recipe name.")],
     overrides: Overrides = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    no_audit: Annotated[bool, typer.Option("--no-audit", help="Skip the one-batch gradient audit.")] = False,
+    no_audit: Annotated[
+        bool, typer.Option("--no-audit", help="Skip the one-batch gradient audit.")
+    ] = False,
 ) -> None:
     """Build the model without training: total and trainable parameters per module."""
     from sctune import api
@@ -103,7 +116,9 @@ def inspect_cli(
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"{report['backbone']} + {', '.join(a['name'] for a in report['adapters'])}")
+    table = Table(
+        title=f"{report['backbone']} + {', '.join(a['name'] for a in report['adapters'])}"
+    )
     for col in ("module", "total", "trainable"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for row in report["modules"]:
@@ -119,8 +134,12 @@ def inspect_cli(
     if audit:
         from sctune.core.audit import GradientAudit
 
-        ga = GradientAudit(rows=audit["tensors"], dead=audit["dead"], leaked=audit["leaked"],
-                           zero=audit["zero_at_first_step"])
+        ga = GradientAudit(
+            rows=audit["tensors"],
+            dead=audit["dead"],
+            leaked=audit["leaked"],
+            zero=audit["zero_at_first_step"],
+        )
         console.print("gradient audit (one batch):")
         for line in ga.lines():
             console.print("  " + line, highlight=False)
@@ -134,7 +153,9 @@ def predict_cli(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by 'sctune run'.")],
     query: Annotated[str, typer.Argument(help="The .h5ad to annotate.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Annotated .h5ad to write.")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Backbone checkpoint, if it moved.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Backbone checkpoint, if it moved.")
+    ] = None,
 ) -> None:
     """Annotate new cells (obs sctune_prediction, sctune_confidence; obsm X_sctune)."""
     from sctune import api
@@ -146,7 +167,9 @@ def predict_cli(
 @app.command("plugins")
 def plugins_cli(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    options: Annotated[bool, typer.Option("--options", help="List each plugin's recipe options.")] = False,
+    options: Annotated[
+        bool, typer.Option("--options", help="List each plugin's recipe options.")
+    ] = False,
 ) -> None:
     """List installed backbones, adapters and tasks with versions, licences and capabilities."""
     from sctune import api
@@ -162,8 +185,13 @@ def plugins_cli(
     for col in ("kind", "name", "distribution", "licence", "provides / requires"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["kind"], r["name"], f"{r['distribution']} {r['version']}".strip(), r["licence"],
-                      ", ".join(r["capabilities"]) or ("-" if r["kind"] != "task" else ""))
+        table.add_row(
+            r["kind"],
+            r["name"],
+            f"{r['distribution']} {r['version']}".strip(),
+            r["licence"],
+            ", ".join(r["capabilities"]) or ("-" if r["kind"] != "task" else ""),
+        )
     console = Console(width=160)
     console.print(table)
     if options:
@@ -187,7 +215,9 @@ def recipes_cli(ctx: typer.Context) -> None:
 @recipes_app.command("init")
 def recipes_init_cli(
     name: Annotated[str, typer.Argument(help="Shipped recipe name.")],
-    dest: Annotated[Optional[Path], typer.Argument(help="Where to write it (default NAME.yaml).")] = None,
+    dest: Annotated[
+        Path | None, typer.Argument(help="Where to write it (default NAME.yaml).")
+    ] = None,
 ) -> None:
     """Copy a shipped recipe into the working directory to edit it."""
     from sctune import api
@@ -196,7 +226,11 @@ def recipes_init_cli(
     shipped = api.recipes(_registry())
     from sctune.core.recipe import find_recipe
 
-    src = find_recipe(name, [p.parent for p in shipped.values()]) if name not in shipped else shipped[name]
+    src = (
+        find_recipe(name, [p.parent for p in shipped.values()])
+        if name not in shipped
+        else shipped[name]
+    )
     target = dest or Path(Path(name).name + ".yaml")
     if target.exists():
         raise SctuneError(f"'{target}' already exists; choose another destination")

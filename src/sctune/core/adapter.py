@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from torch import nn
 
-    from sctune.core.config import PluginConfig
     from sctune.core.capabilities import Capability
+    from sctune.core.config import PluginConfig
     from sctune.core.surfaces import Surfaces
 
 

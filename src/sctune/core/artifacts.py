@@ -62,7 +62,9 @@ def write_json(path: Path, payload: Any) -> None:
 
 def read_json(path: Path) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"'{path.parent}' is not a complete sctune run directory: '{path.name}' is missing")
+        raise CheckpointError(
+            f"'{path.parent}' is not a complete sctune run directory: '{path.name}' is missing"
+        )
     return json.loads(path.read_text())
 
 
@@ -70,8 +72,11 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, what:
     """Copy saved tensors into ``model`` by name; every saved name must exist with its shape."""
     params = dict(model.named_parameters())
     missing = [k for k in tensors if k not in params]
-    shapes = [f"{k}: {tuple(v.shape)} in the file, {tuple(params[k].shape)} in the model"
-              for k, v in tensors.items() if k in params and params[k].shape != v.shape]
+    shapes = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(params[k].shape)} in the model"
+        for k, v in tensors.items()
+        if k in params and params[k].shape != v.shape
+    ]
     if missing or shapes:
         raise CheckpointError(
             f"{what} does not fit the rebuilt model\n  "

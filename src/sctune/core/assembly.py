@@ -39,9 +39,17 @@ class Assembled:
                 h.merge()
 
 
-def assemble(backbone_plugin: Any, backbone_cfg: Any, adapters: list[tuple[Any, Any]], task: Any,
-             task_cfg: Any, prepared: Any, *, load_weights: bool = True,
-             module: nn.Module | None = None) -> Assembled:
+def assemble(
+    backbone_plugin: Any,
+    backbone_cfg: Any,
+    adapters: list[tuple[Any, Any]],
+    task: Any,
+    task_cfg: Any,
+    prepared: Any,
+    *,
+    load_weights: bool = True,
+    module: nn.Module | None = None,
+) -> Assembled:
     """Build the backbone, freeze it, apply each adapter, add the head; return the exact trainable set."""
     if module is None:
         module = backbone_plugin.build(backbone_cfg, load_weights=load_weights)
@@ -50,7 +58,8 @@ def assemble(backbone_plugin: Any, backbone_cfg: Any, adapters: list[tuple[Any, 
     surfaces = backbone_plugin.surfaces(module)
     handles = []
     for plugin, cfg in adapters:
-        missing = set(getattr(plugin, "requires_for", lambda c: plugin.requires)(cfg)) - set(surfaces.provides())
+        requires = plugin.requires_for(cfg) if hasattr(plugin, "requires_for") else plugin.requires
+        missing = set(requires) - set(surfaces.provides())
         if missing:
             raise CompatibilityError(
                 f"adapter '{plugin.name}' needs {', '.join(sorted(map(str, missing)))}, which this "

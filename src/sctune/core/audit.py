@@ -26,8 +26,13 @@ class GradientAudit:
         return not self.dead and not self.leaked
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "dead": self.dead, "leaked": self.leaked,
-                "zero_at_first_step": self.zero, "tensors": self.rows}
+        return {
+            "ok": self.ok,
+            "dead": self.dead,
+            "leaked": self.leaked,
+            "zero_at_first_step": self.zero,
+            "tensors": self.rows,
+        }
 
     def lines(self, limit: int = 40) -> list[str]:
         out = [f"{'tensor':<64} {'shape':<16} {'grad norm':>10}"]
@@ -42,9 +47,15 @@ class GradientAudit:
         if not self.ok:
             parts = []
             if self.dead:
-                parts.append(f"{len(self.dead)} trainable tensor(s) got no gradient: " + ", ".join(self.dead[:6]))
+                parts.append(
+                    f"{len(self.dead)} trainable tensor(s) got no gradient: "
+                    + ", ".join(self.dead[:6])
+                )
             if self.leaked:
-                parts.append(f"{len(self.leaked)} frozen tensor(s) got a gradient: " + ", ".join(self.leaked[:6]))
+                parts.append(
+                    f"{len(self.leaked)} frozen tensor(s) got a gradient: "
+                    + ", ".join(self.leaked[:6])
+                )
             raise AuditError(
                 "gradient audit failed at the first training step\n  " + "\n  ".join(parts),
                 hint="an adapter is attached where the forward pass never reaches it; see gradient_audit.json",
@@ -57,7 +68,9 @@ def audit_gradients(model: nn.Module) -> GradientAudit:
     for name, p in model.named_parameters():
         if p.requires_grad:
             norm = None if p.grad is None else float(p.grad.detach().float().norm())
-            audit.rows.append({"name": name, "shape": list(p.shape), "numel": p.numel(), "grad_norm": norm})
+            audit.rows.append(
+                {"name": name, "shape": list(p.shape), "numel": p.numel(), "grad_norm": norm}
+            )
             if norm is None:
                 audit.dead.append(name)
             elif norm == 0.0:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     from torch import nn
 
+    from sctune.core.capabilities import Capability
     from sctune.core.cells import Expression, GeneMatch, TokenizedCells
     from sctune.core.config import PluginConfig
-    from sctune.core.capabilities import Capability
     from sctune.core.surfaces import Surfaces
 
 
@@ -72,8 +72,14 @@ class Backbone(ABC):
     def surfaces(self, module: nn.Module) -> Surfaces:
         """Return the insertion points of a module built by :meth:`build`."""
 
-    def resolve(self, config: PluginConfig, *, genes: Sequence[str], run_dir: Path,
-                expression: Expression | None = None) -> PluginConfig:
+    def resolve(
+        self,
+        config: PluginConfig,
+        *,
+        genes: Sequence[str],
+        run_dir: Path,
+        expression: Expression | None = None,
+    ) -> PluginConfig:
         """Fill data-dependent options before :meth:`build`; return the (new, frozen) config.
 
         Called once per run with the data's gene identifiers and, when the implementation accepts
@@ -109,8 +115,14 @@ class Backbone(ABC):
         return []
 
 
-def resolve_config(backbone: Backbone, config: PluginConfig, *, genes: Sequence[str], run_dir: Path,
-                   expression: Expression | None) -> PluginConfig:
+def resolve_config(
+    backbone: Backbone,
+    config: PluginConfig,
+    *,
+    genes: Sequence[str],
+    run_dir: Path,
+    expression: Expression | None,
+) -> PluginConfig:
     """Call ``backbone.resolve``, passing ``expression`` only to implementations that accept it.
 
     Hooks grow by adding arguments; older plugins that do not take ``expression`` keep working.

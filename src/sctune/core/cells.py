@@ -61,7 +61,9 @@ def looks_like_ensembl(genes: Sequence[str], *, threshold: float = 0.5) -> bool:
     genes = list(genes)
     if not genes:
         return False
-    hits = sum(1 for g in genes if str(g).upper().startswith("ENS") and any(c.isdigit() for c in g))
+    hits = sum(
+        1 for g in genes if str(g).upper().startswith("ENS") and any(c.isdigit() for c in g)
+    )
     return hits / len(genes) >= threshold
 
 

@@ -46,7 +46,9 @@ def read_adata(path: str) -> ad.AnnData:
     try:
         return ad.read_h5ad(file)
     except Exception as exc:
-        raise DataError(f"data.path: '{path}' could not be read as h5ad: {type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"data.path: '{path}' could not be read as h5ad: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def detect_kind(X: sparse.spmatrix | np.ndarray) -> ExpressionKind:
@@ -98,14 +100,18 @@ def load_data(cfg: DataConfig, *, seed: int = 0, require_labels: bool = True) ->
             f"  available columns: {', '.join(map(str, adata.obs.columns))}"
         )
     if cfg.max_cells is not None and adata.n_obs > cfg.max_cells:
-        idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, cfg.max_cells, replace=False))
+        idx = np.sort(
+            np.random.default_rng(seed).choice(adata.n_obs, cfg.max_cells, replace=False)
+        )
         adata = adata[idx].copy()
     cands = _candidates(adata)
     by_name = {c[0]: c for c in cands}
     notes = []
     if cfg.source == "auto":
         kinds = {n: detect_kind(m) for n, m, _ in cands}
-        order = [n for n in by_name if kinds[n] == "counts"] + [n for n in by_name if kinds[n] == "lognorm"]
+        order = [n for n in by_name if kinds[n] == "counts"] + [
+            n for n in by_name if kinds[n] == "lognorm"
+        ]
         chosen = order[0] if order else "X"
         if chosen != "X":
             notes.append(f"using {chosen} ({kinds[chosen]}); X holds {kinds['X']} values")
@@ -140,7 +146,9 @@ def load_data(cfg: DataConfig, *, seed: int = 0, require_labels: bool = True) ->
             f"{did_you_mean(cfg.gene_column, var.columns)}\n"
             f"  available columns: {quoted(map(str, var.columns)) or '(none)'}; null uses var_names"
         )
-    symbols = _first_column(var, ("gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name"))
+    symbols = _first_column(
+        var, ("gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name")
+    )
     ids = _first_column(var, ("gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "feature_id"))
     library = None
     if "n_counts" in adata.obs.columns and kind == "counts":
@@ -155,8 +163,13 @@ def load_data(cfg: DataConfig, *, seed: int = 0, require_labels: bool = True) ->
             hint="drop unlabeled cells before training, or fill them with a label",
         )
     expr = Expression(
-        X=X, genes=genes, kind=kind, library_size=library,
-        cell_ids=tuple(map(str, adata.obs_names)), gene_symbols=symbols, gene_ids=ids,
+        X=X,
+        genes=genes,
+        kind=kind,
+        library_size=library,
+        cell_ids=tuple(map(str, adata.obs_names)),
+        gene_symbols=symbols,
+        gene_ids=ids,
     )
     return LoadedData(expr, labels.astype(str).to_numpy(), adata.obs, chosen, notes)
 
@@ -171,7 +184,9 @@ def _first_column(var: Any, names: tuple[str, ...]) -> tuple[str, ...] | None:
 # --------------------------------------------------------------------------- splits
 
 
-def split_cells(obs: Any, labels: np.ndarray, cfg: SplitConfig, *, seed: int) -> dict[str, np.ndarray]:
+def split_cells(
+    obs: Any, labels: np.ndarray, cfg: SplitConfig, *, seed: int
+) -> dict[str, np.ndarray]:
     """Return ``{"train"|"valid"|"test": sorted row indices}`` as configured."""
     n = len(labels)
     rng = np.random.default_rng(seed)
@@ -184,8 +199,15 @@ def split_cells(obs: Any, labels: np.ndarray, cfg: SplitConfig, *, seed: int) ->
                 f"{did_you_mean(str(cfg.column), obs.columns)}"
             )
         values = obs[cfg.column].astype(str).str.lower().to_numpy()
-        alias = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
-                 "validation": "valid", "test": "test", "testing": "test"}
+        alias = {
+            "train": "train",
+            "training": "train",
+            "valid": "valid",
+            "val": "valid",
+            "validation": "valid",
+            "test": "test",
+            "testing": "test",
+        }
         unknown = sorted(set(values) - set(alias))
         if unknown:
             raise DataError(
@@ -214,7 +236,9 @@ def split_cells(obs: Any, labels: np.ndarray, cfg: SplitConfig, *, seed: int) ->
     return {s: np.sort(np.array(v, dtype=np.int64)) for s, v in out.items()}
 
 
-def _carve_valid(out: dict[str, np.ndarray], labels: np.ndarray, frac: float, rng: Any) -> dict[str, np.ndarray]:
+def _carve_valid(
+    out: dict[str, np.ndarray], labels: np.ndarray, frac: float, rng: Any
+) -> dict[str, np.ndarray]:
     train = rng.permutation(out["train"])
     k = max(1, int(round(len(train) * frac)))
     return {"train": np.sort(train[k:]), "valid": np.sort(train[:k]), "test": out["test"]}
@@ -254,7 +278,9 @@ def _group_split(obs: Any, cfg: SplitConfig, rng: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def write_split(path: Path, cell_ids: list[str], split: dict[str, np.ndarray], **meta: Any) -> None:
+def write_split(
+    path: Path, cell_ids: list[str], split: dict[str, np.ndarray], **meta: Any
+) -> None:
     payload = {**meta, **{s: [cell_ids[i] for i in split[s]] for s in SPLITS}}
     path.write_text(json.dumps(payload, indent=1))
 
@@ -262,7 +288,9 @@ def write_split(path: Path, cell_ids: list[str], split: dict[str, np.ndarray], *
 def read_split(path: Path, cell_ids: list[str]) -> dict[str, np.ndarray]:
     """Read a saved split (cell ids per part) and map it onto the current rows."""
     if not path.is_file():
-        raise DataError(f"data.split.file: '{path}' does not exist", hint="point it at a run's split.json")
+        raise DataError(
+            f"data.split.file: '{path}' does not exist", hint="point it at a run's split.json"
+        )
     payload = json.loads(path.read_text())
     index = {c: i for i, c in enumerate(cell_ids)}
     out = {}
@@ -296,7 +324,9 @@ class Preflight:
             )
 
 
-def preflight_labels(labels: np.ndarray, split: dict[str, np.ndarray], min_cells: int) -> Preflight:
+def preflight_labels(
+    labels: np.ndarray, split: dict[str, np.ndarray], min_cells: int
+) -> Preflight:
     """Check class coverage of the split (classes missing from training, tiny classes)."""
     report = Preflight()
     train = set(labels[split["train"]])
@@ -305,7 +335,9 @@ def preflight_labels(labels: np.ndarray, split: dict[str, np.ndarray], min_cells
         if missing:
             report.errors.append(
                 f"{len(missing)} class(es) in the {part} split have no training cells: "
-                + ", ".join(f"'{m}' ({int((labels[split[part]] == m).sum())} cells)" for m in missing[:5])
+                + ", ".join(
+                    f"'{m}' ({int((labels[split[part]] == m).sum())} cells)" for m in missing[:5]
+                )
                 + " ; use a stratified split, or drop these cells"
             )
     counts = {c: int((labels[split["train"]] == c).sum()) for c in sorted(train)}

@@ -65,7 +65,9 @@ def read_local_plugins(path: Path) -> list[tuple[str, str]]:
     out = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not {"name", "module"} <= set(entry):
-            raise PluginError(f"'{path}': plugins.{i}: needs 'name' and 'module' keys, got {entry!r}")
+            raise PluginError(
+                f"'{path}': plugins.{i}: needs 'name' and 'module' keys, got {entry!r}"
+            )
         out.append((str(entry["name"]), str(entry["module"])))
     return out
 

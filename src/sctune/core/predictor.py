@@ -46,8 +46,10 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
     recipe = yaml.safe_load((run_dir / A.RECIPE).read_text())
     bname = manifest["backbone"]["name"]
     backbone = registry.instance("backbone", bname)
-    options = {k: _rebase(v, manifest.get("run_dir", ""), run_dir.resolve())
-               for k, v in manifest["backbone"]["config"].items()}
+    options = {
+        k: _rebase(v, manifest.get("run_dir", ""), run_dir.resolve())
+        for k, v in manifest["backbone"]["config"].items()
+    }
     if checkpoint is not None:
         if "checkpoint" not in options:
             raise CheckpointError(f"backbone '{bname}' takes no checkpoint option")
@@ -58,7 +60,10 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
     if diff:
         raise CheckpointError(
             f"run '{run_dir}' was trained on a different backbone '{bname}': "
-            + ", ".join(f"{k} sha256 {saved[k][:12]}… in the run, {str(now.get(k))[:12]}… now" for k in diff),
+            + ", ".join(
+                f"{k} sha256 {saved[k][:12]}… in the run, {str(now.get(k))[:12]}… now"
+                for k in diff
+            ),
             hint="use the checkpoint and vocabulary the run was trained with (see adapter.json)",
         )
     task = registry.instance("task", manifest["task"]["name"])
@@ -69,24 +74,50 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
         plugin = registry.instance("adapter", a["name"])
         adapters.append((plugin, plugin.config_cls.model_validate(a["config"])))
     asm = assemble(backbone, bcfg, adapters, task, task_cfg, prepared)
-    A.load_into(asm.model, A.load_tensors(run_dir / A.ADAPTER_WEIGHTS), what=f"'{run_dir / A.ADAPTER_WEIGHTS}'")
-    A.load_into(asm.model, A.load_tensors(run_dir / A.HEAD_WEIGHTS), what=f"'{run_dir / A.HEAD_WEIGHTS}'")
+    A.load_into(
+        asm.model,
+        A.load_tensors(run_dir / A.ADAPTER_WEIGHTS),
+        what=f"'{run_dir / A.ADAPTER_WEIGHTS}'",
+    )
+    A.load_into(
+        asm.model, A.load_tensors(run_dir / A.HEAD_WEIGHTS), what=f"'{run_dir / A.HEAD_WEIGHTS}'"
+    )
     return backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe
 
 
-def predict_h5ad(run_dir: Path, query: str, output: Path, registry: Any, *, checkpoint: Path | None,
-                 batch_size: int) -> Path:
+def predict_h5ad(
+    run_dir: Path,
+    query: str,
+    output: Path,
+    registry: Any,
+    *,
+    checkpoint: Path | None,
+    batch_size: int,
+) -> Path:
     from sctune.core.data import load_data
     from sctune.core.recipe import DataConfig
     from sctune.core.trainer import embed_and_score, make_accelerator
 
     if output.exists():
-        raise CheckpointError(f"output '{output}' already exists; choose another path (nothing was overwritten)")
-    backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe = rebuild(run_dir, registry, checkpoint=checkpoint)
+        raise CheckpointError(
+            f"output '{output}' already exists; choose another path (nothing was overwritten)"
+        )
+    backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe = rebuild(
+        run_dir, registry, checkpoint=checkpoint
+    )
     dcfg = manifest["data"]
     seed = int(manifest.get("seed", 0))
-    data = load_data(DataConfig(path=query, label_column=dcfg["label_column"], gene_column=dcfg["gene_column"],
-                                source=dcfg["source"], kind=dcfg["kind"]), seed=seed, require_labels=False)
+    data = load_data(
+        DataConfig(
+            path=query,
+            label_column=dcfg["label_column"],
+            gene_column=dcfg["gene_column"],
+            source=dcfg["source"],
+            kind=dcfg["kind"],
+        ),
+        seed=seed,
+        require_labels=False,
+    )
     cells = backbone.tokenize(data.expression, bcfg, seed=seed)
     from types import SimpleNamespace
 
@@ -98,7 +129,9 @@ def predict_h5ad(run_dir: Path, query: str, output: Path, registry: Any, *, chec
     emb, logits = embed_and_score(asm.model, cells, batch_size, acc)
     if (run_dir / A.REFERENCE).is_file():  # zero-shot run: kNN against the saved reference
         ref = A.load_tensors(run_dir / A.REFERENCE)
-        logits = task.transfer(ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg)
+        logits = task.transfer(
+            ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg
+        )
     pred, conf = task.predict(logits, prepared)
     from sctune.core.data import read_adata
 
@@ -106,8 +139,11 @@ def predict_h5ad(run_dir: Path, query: str, output: Path, registry: Any, *, chec
     out.obs["sctune_prediction"] = pred.astype(str)
     out.obs["sctune_confidence"] = conf.astype(np.float32)
     out.obsm["X_sctune"] = emb.astype(np.float32)
-    out.uns["sctune"] = {"run_dir": str(run_dir), "backbone": manifest["backbone"]["name"],
-                         "adapters": [a["name"] for a in manifest["adapters"]]}
+    out.uns["sctune"] = {
+        "run_dir": str(run_dir),
+        "backbone": manifest["backbone"]["name"],
+        "adapters": [a["name"] for a in manifest["adapters"]],
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     out.write_h5ad(tmp)

@@ -28,19 +28,30 @@ class _Strict(BaseModel):
 
 class SplitConfig(_Strict):
     method: Literal["stratified", "column", "group"] = Field(
-        "stratified", description="stratified random | an existing obs column | a donor/batch group split"
+        "stratified",
+        description="stratified random | an existing obs column | a donor/batch group split",
     )
-    column: str | None = Field(None, description="method=column: obs column with train/valid/test values")
-    group_column: str | None = Field(None, description="method=group: obs column with donor/patient/batch")
+    column: str | None = Field(
+        None, description="method=column: obs column with train/valid/test values"
+    )
+    group_column: str | None = Field(
+        None, description="method=group: obs column with donor/patient/batch"
+    )
     valid: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of cells for validation")
     test: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of cells for test")
-    file: str | None = Field(None, description="reuse a saved split (cell ids) from an earlier run")
+    file: str | None = Field(
+        None, description="reuse a saved split (cell ids) from an earlier run"
+    )
 
 
 class DataConfig(_Strict):
-    path: str = Field(description="an .h5ad path, or a built-in name such as 'scanpy:pbmc68k_reduced'")
+    path: str = Field(
+        description="an .h5ad path, or a built-in name such as 'scanpy:pbmc68k_reduced'"
+    )
     label_column: str = Field("cell_type", description="adata.obs column holding the cell types")
-    gene_column: str | None = Field(None, description="adata.var column with gene ids; null = var_names")
+    gene_column: str | None = Field(
+        None, description="adata.var column with gene ids; null = var_names"
+    )
     source: str = Field(
         "auto", description="matrix: auto | X | raw | layer:<name> (auto prefers counts)"
     )
@@ -48,7 +59,9 @@ class DataConfig(_Strict):
         "auto", description="override the detection of raw counts vs log-normalised values"
     )
     split: SplitConfig = Field(default_factory=SplitConfig)  # type: ignore[arg-type]
-    min_class_cells: int = Field(10, ge=1, description="warn about classes smaller than this in training")
+    min_class_cells: int = Field(
+        10, ge=1, description="warn about classes smaller than this in training"
+    )
     max_cells: int | None = Field(None, ge=1, description="random subsample for quick runs")
 
 
@@ -66,7 +79,9 @@ class SchedulerConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    monitor: Literal["valid/loss", "valid/accuracy", "valid/balanced_accuracy", "valid/macro_f1"] = "valid/loss"
+    monitor: Literal[
+        "valid/loss", "valid/accuracy", "valid/balanced_accuracy", "valid/macro_f1"
+    ] = "valid/loss"
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
@@ -82,7 +97,9 @@ class TrainerConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)  # type: ignore[arg-type]
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = False
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; null = torch default")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; null = torch default"
+    )
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -119,7 +136,9 @@ class Envelope(_Strict):
     @classmethod
     def _version(cls, v: int) -> int:
         if v != SCHEMA_VERSION:
-            raise ValueError(f"unsupported recipe schema version {v}; this sctune reads version {SCHEMA_VERSION}")
+            raise ValueError(
+                f"unsupported recipe schema version {v}; this sctune reads version {SCHEMA_VERSION}"
+            )
         return v
 
 
@@ -186,7 +205,11 @@ def _model_fields(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
         if not fields or part not in fields:
             return []
         ann = fields[part].annotation
-        nested = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested = [
+            a
+            for a in getattr(ann, "__args__", (ann,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
         if not nested:
             return []
         current = nested[0]
@@ -194,8 +217,14 @@ def _model_fields(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
 
 
 # Names users bring from other tools, mapped to sctune's key (searched among nested keys too).
-SYNONYMS = {"learning_rate": "lr", "max_epochs": "epochs", "n_epochs": "epochs",
-            "num_epochs": "epochs", "clip_grad_norm": "grad_clip", "gradient_clip_val": "grad_clip"}
+SYNONYMS = {
+    "learning_rate": "lr",
+    "max_epochs": "epochs",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "clip_grad_norm": "grad_clip",
+    "gradient_clip_val": "grad_clip",
+}
 
 
 def _suggest(given: str, model: type[BaseModel], loc: Sequence[Any], allowed: list[str]) -> str:
@@ -266,7 +295,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             else:
                 problems.append(f"override '{item}': cannot set '{last}'")
     if problems:
-        raise RecipeError(f"invalid overrides ({len(problems)} problems)\n  " + "\n  ".join(problems))
+        raise RecipeError(
+            f"invalid overrides ({len(problems)} problems)\n  " + "\n  ".join(problems)
+        )
     return out
 
 
@@ -310,7 +341,11 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, Envelope))
         env = None
-    sections: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"backbone": [], "adapter": [], "task": []}
+    sections: dict[str, list[tuple[str, Mapping[str, Any]]]] = {
+        "backbone": [],
+        "adapter": [],
+        "task": [],
+    }
     for kind in sections:
         raw = data.get(kind)
         items = raw if isinstance(raw, list) else [raw]
@@ -346,8 +381,12 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
                 problems.append("adapter: " + exc.message)
                 compat.append(problems[-1])
     names = [a.name for a in chosen["adapter"]]
-    if len(names) > 1 and any(not registry.entries["adapter"][n].cls.trains or n in ("full", "head") for n in names):
-        problems.append(f"adapter: baselines cannot be combined with other adapters (got {', '.join(names)})")
+    if len(names) > 1 and any(
+        not registry.entries["adapter"][n].cls.trains or n in ("full", "head") for n in names
+    ):
+        problems.append(
+            f"adapter: baselines cannot be combined with other adapters (got {', '.join(names)})"
+        )
     if len(set(names)) != len(names):
         problems.append(f"adapter: the same adapter is listed twice ({', '.join(names)})")
     if problems or env is None or backbone is None or not chosen["task"]:

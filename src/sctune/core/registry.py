@@ -105,7 +105,11 @@ class Registry:
 
     def compatible_adapters(self, backbone: str) -> list[str]:
         provides = set(self.get("backbone", backbone).cls.provides)
-        return [n for n, e in sorted(self.entries["adapter"].items()) if set(e.cls.requires) <= provides]
+        return [
+            n
+            for n, e in sorted(self.entries["adapter"].items())
+            if set(e.cls.requires) <= provides
+        ]
 
     def check_compatible(self, backbone: str, adapter: str, config: Any = None) -> None:
         """Raise :class:`CompatibilityError` when the adapter needs what the backbone lacks."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,9 @@ def _components(rec: Any, registry: Any) -> tuple[Any, list[tuple[Any, Any]], An
     return backbone, adapters, task
 
 
-def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Callable[[str], None]) -> Any:
+def execute(
+    rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Callable[[str], None]
+) -> Any:
     import torch
 
     from sctune.api import RunResult, env_info
@@ -39,12 +41,20 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
 
     data = load_data(rec.data, seed=seed)
     expr = data.expression
-    log(f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})")
+    log(
+        f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})"
+    )
     for note in data.notes:
         log(f"  note: {note}")
     split = split_cells(data.obs, data.labels, rec.data.split, seed=seed)
-    write_split(run_dir / A.SPLIT, list(expr.cell_ids), split, dataset=rec.data.path, seed=seed,
-                method=rec.data.split.method)
+    write_split(
+        run_dir / A.SPLIT,
+        list(expr.cell_ids),
+        split,
+        dataset=rec.data.path,
+        seed=seed,
+        method=rec.data.split.method,
+    )
     pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
     for line in pre.info:
         log(line)
@@ -52,11 +62,18 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
         log(f"warning: {w}")
     pre.raise_errors()
 
-    bcfg = resolve_config(backbone, rec.backbone.config, genes=list(expr.genes), run_dir=run_dir,
-                          expression=_subset_expression(expr, split["train"]))
+    bcfg = resolve_config(
+        backbone,
+        rec.backbone.config,
+        genes=list(expr.genes),
+        run_dir=run_dir,
+        expression=_subset_expression(expr, split["train"]),
+    )
     if getattr(bcfg, "checkpoint", "given") is None:
-        log(f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
-            "numbers measure the architecture + adapter, not pretrained knowledge")
+        log(
+            f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
+            "numbers measure the architecture + adapter, not pretrained knowledge"
+        )
     tokens = backbone.tokenize(expr, bcfg, seed=seed)
     if tokens.gene_match is not None:
         log(f"genes: {tokens.gene_match.summary()}")
@@ -69,13 +86,18 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
     trains = all(a.trains for a, _ in adapters)
     n_train = sum(p.numel() for p in asm.trainable.values()) if trains else 0
     n_total = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_total:,} parameters, {n_train:,} trainable ({100 * n_train / max(n_total, 1):.2f}%); "
-        f"adapters: {', '.join(a.name for a in rec.adapters)}; device {acc.device}")
+    log(
+        f"model: {n_total:,} parameters, {n_train:,} trainable ({100 * n_train / max(n_total, 1):.2f}%); "
+        f"adapters: {', '.join(a.name for a in rec.adapters)}; device {acc.device}"
+    )
 
     ctx = RunContext(rec, run_dir, asm, acc)
     registry.pm.hook.sctune_before_run(run=ctx)
-    cache = any(h.info.get("cache_embeddings") for h in asm.handles) and not asm.adapter_names \
+    cache = (
+        any(h.info.get("cache_embeddings") for h in asm.handles)
+        and not asm.adapter_names
         and not any(n for n in asm.head_names if not n.startswith("head."))
+    )
     model.to(acc.device)
     fit_result = None
     if trains and rec.trainer.epochs > 0:
@@ -88,11 +110,20 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
             registry.pm.hook.sctune_after_epoch(run=ctx, epoch=epoch, metrics=metrics)
 
         fit_result = fit(
-            ctx=ctx, task=task, task_cfg=rec.task.config, prepared=prepared,
-            train=tokens.subset(split["train"]), valid=tokens.subset(split["valid"]),
-            train_targets=targets[split["train"]], valid_targets=targets[split["valid"]],
-            trainer_cfg=rec.trainer, seed=seed, cache_embeddings=cache, on_epoch=on_epoch,
-            log_path=run_dir / A.TRAIN_LOG, progress=progress,
+            ctx=ctx,
+            task=task,
+            task_cfg=rec.task.config,
+            prepared=prepared,
+            train=tokens.subset(split["train"]),
+            valid=tokens.subset(split["valid"]),
+            train_targets=targets[split["train"]],
+            valid_targets=targets[split["valid"]],
+            trainer_cfg=rec.trainer,
+            seed=seed,
+            cache_embeddings=cache,
+            on_epoch=on_epoch,
+            log_path=run_dir / A.TRAIN_LOG,
+            progress=progress,
         )
         if writer is not None:
             writer.close()
@@ -112,30 +143,53 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
         logits = task.transfer(ref, targets[split["train"]], emb, prepared, rec.task.config)
     test = split["test"] if len(split["test"]) else split["valid"]
     test_metrics = task.evaluate(
-        logits=logits[test], targets=targets[test], embeddings=emb[test], prepared=prepared,
-        config=rec.task.config, out_dir=run_dir if rec.envelope.output.plots else None,
+        logits=logits[test],
+        targets=targets[test],
+        embeddings=emb[test],
+        prepared=prepared,
+        config=rec.task.config,
+        out_dir=run_dir if rec.envelope.output.plots else None,
     )
     pred, conf = task.predict(logits, prepared)
 
-    sizes = _save_weights(run_dir, asm, backbone, bcfg, rec, task, prepared, expr, ref, targets, split)
+    sizes = _save_weights(
+        run_dir, asm, backbone, bcfg, rec, task, prepared, expr, ref, targets, split
+    )
     metrics: dict[str, Any] = {
         "test": test_metrics,
         "n_cells": {k: int(len(v)) for k, v in split.items()},
-        "parameters": {"total": n_total, "trainable": n_train,
-                       "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names) if trains else 0,
-                       "head": sum(asm.trainable[n].numel() for n in asm.head_names) if trains else 0},
+        "parameters": {
+            "total": n_total,
+            "trainable": n_train,
+            "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names) if trains else 0,
+            "head": sum(asm.trainable[n].numel() for n in asm.head_names) if trains else 0,
+        },
         "artifact_bytes": sizes,
         "backbone_randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
     }
     if fit_result is not None:
-        metrics["train"] = {"epochs_run": len(fit_result.history), "best_epoch": fit_result.best_epoch,
-                            "seconds": round(fit_result.seconds, 2), "peak_gpu_memory_mb": fit_result.peak_memory_mb,
-                            "last": fit_result.history[-1] if fit_result.history else {}}
+        metrics["train"] = {
+            "epochs_run": len(fit_result.history),
+            "best_epoch": fit_result.best_epoch,
+            "seconds": round(fit_result.seconds, 2),
+            "peak_gpu_memory_mb": fit_result.peak_memory_mb,
+            "last": fit_result.history[-1] if fit_result.history else {},
+        }
     A.write_json(run_dir / A.METRICS, metrics)
-    (run_dir / A.RECIPE).write_text(yaml.safe_dump(_with_backbone(rec.resolved(), bcfg), sort_keys=False))
-    names = [("backbone", rec.backbone.name), ("task", rec.task.name), *[("adapter", a.name) for a in rec.adapters]]
-    env = {**env_info(), "plugins": plugin_versions(registry, names),
-           "accelerate": distribution_version("accelerate"), "device": str(acc.device)}
+    (run_dir / A.RECIPE).write_text(
+        yaml.safe_dump(_with_backbone(rec.resolved(), bcfg), sort_keys=False)
+    )
+    names = [
+        ("backbone", rec.backbone.name),
+        ("task", rec.task.name),
+        *[("adapter", a.name) for a in rec.adapters],
+    ]
+    env = {
+        **env_info(),
+        "plugins": plugin_versions(registry, names),
+        "accelerate": distribution_version("accelerate"),
+        "device": str(acc.device),
+    }
     A.write_json(run_dir / A.ENV, env)
     if rec.envelope.output.predictions:
         _write_predictions(run_dir, rec, data, split, pred, conf, emb)
@@ -143,8 +197,15 @@ def execute(rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Call
     result = RunResult(run_dir, metrics, files)
     registry.pm.hook.sctune_after_run(run=ctx, result=result)
     t = test_metrics
-    log(f"test: accuracy {t['accuracy']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "
-        f"macro F1 {t['macro_f1']:.4f}  ({len(test)} cells)")
+    log(
+        f"test: accuracy {t['accuracy']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "
+        f"macro F1 {t['macro_f1']:.4f}  ({len(test)} cells)"
+    )
+    saved = sizes["adapter"] + sizes["head"]
+    log(
+        f"artifact: adapter + head {saved / 1024:,.1f} KiB on disk vs backbone "
+        f"{sizes['backbone_in_memory'] / 2**20:,.1f} MiB ({100 * saved / max(sizes['backbone_in_memory'], 1):.2f}%)"
+    )
     log(f"run directory: {run_dir}")
     return result
 
@@ -162,44 +223,85 @@ def _tensorboard(rec: Any, run_dir: Path) -> Any:
     except ImportError as exc:
         from sctune.core.errors import SctuneError
 
-        raise SctuneError("trainer.tensorboard: the 'tensorboard' package is not installed",
-                          hint="pip install 'sctune[tensorboard]', or set trainer.tensorboard=false") from exc
+        raise SctuneError(
+            "trainer.tensorboard: the 'tensorboard' package is not installed",
+            hint="pip install 'sctune[tensorboard]', or set trainer.tensorboard=false",
+        ) from exc
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _save_weights(run_dir: Path, asm: Any, backbone: Any, bcfg: Any, rec: Any, task: Any, prepared: Any,
-                  expr: Any, ref: Any, targets: np.ndarray, split: dict[str, np.ndarray]) -> dict[str, int]:
+def _save_weights(
+    run_dir: Path,
+    asm: Any,
+    backbone: Any,
+    bcfg: Any,
+    rec: Any,
+    task: Any,
+    prepared: Any,
+    expr: Any,
+    ref: Any,
+    targets: np.ndarray,
+    split: dict[str, np.ndarray],
+) -> dict[str, int]:
     import torch
 
     params = dict(asm.model.named_parameters())
     sizes = {}
-    sizes["adapter"] = A.save_tensors(run_dir / A.ADAPTER_WEIGHTS, {n: params[n] for n in asm.adapter_names})
-    sizes["head"] = A.save_tensors(run_dir / A.HEAD_WEIGHTS, {n: params[n] for n in asm.head_names})
+    sizes["adapter"] = A.save_tensors(
+        run_dir / A.ADAPTER_WEIGHTS, {n: params[n] for n in asm.adapter_names}
+    )
+    sizes["head"] = A.save_tensors(
+        run_dir / A.HEAD_WEIGHTS, {n: params[n] for n in asm.head_names}
+    )
     if ref is not None:
-        sizes["reference"] = A.save_tensors(run_dir / A.REFERENCE, {
-            "embeddings": torch.as_tensor(ref), "targets": torch.as_tensor(targets[split["train"]])})
+        sizes["reference"] = A.save_tensors(
+            run_dir / A.REFERENCE,
+            {
+                "embeddings": torch.as_tensor(ref),
+                "targets": torch.as_tensor(targets[split["train"]]),
+            },
+        )
     backbone_params = sum(p.numel() * p.element_size() for p in asm.model.backbone.parameters())
     sizes["backbone_in_memory"] = int(backbone_params)
     (run_dir / A.GENES).write_text("\n".join(expr.genes) + "\n")
     A.write_json(run_dir / A.LABELS, task.state(prepared))
-    A.write_json(run_dir / A.MANIFEST, {
-        "format": 1,
-        "backbone": {"name": backbone.name, "config": bcfg.model_dump(mode="json"),
-                     "fingerprint": backbone.fingerprint(bcfg)},
-        "adapters": [{"name": a.name, "config": a.config.model_dump(mode="json")} for a in rec.adapters],
-        "task": {"name": rec.task.name, "config": rec.task.config.model_dump(mode="json")},
-        "tensors": {"adapter": asm.adapter_names, "head": asm.head_names},
-        "genes_sha256": A.sha256_lines(list(expr.genes)),
-        "data": {"label_column": rec.data.label_column, "gene_column": rec.data.gene_column,
-                 "source": rec.data.source, "kind": rec.data.kind},
-        "run_dir": str(run_dir.resolve()),
-        "seed": rec.envelope.seed,
-    })
+    A.write_json(
+        run_dir / A.MANIFEST,
+        {
+            "format": 1,
+            "backbone": {
+                "name": backbone.name,
+                "config": bcfg.model_dump(mode="json"),
+                "fingerprint": backbone.fingerprint(bcfg),
+            },
+            "adapters": [
+                {"name": a.name, "config": a.config.model_dump(mode="json")} for a in rec.adapters
+            ],
+            "task": {"name": rec.task.name, "config": rec.task.config.model_dump(mode="json")},
+            "tensors": {"adapter": asm.adapter_names, "head": asm.head_names},
+            "genes_sha256": A.sha256_lines(list(expr.genes)),
+            "data": {
+                "label_column": rec.data.label_column,
+                "gene_column": rec.data.gene_column,
+                "source": rec.data.source,
+                "kind": rec.data.kind,
+            },
+            "run_dir": str(run_dir.resolve()),
+            "seed": rec.envelope.seed,
+        },
+    )
     return sizes
 
 
-def _write_predictions(run_dir: Path, rec: Any, data: Any, split: dict[str, np.ndarray], pred: np.ndarray,
-                       conf: np.ndarray, emb: np.ndarray) -> None:
+def _write_predictions(
+    run_dir: Path,
+    rec: Any,
+    data: Any,
+    split: dict[str, np.ndarray],
+    pred: np.ndarray,
+    conf: np.ndarray,
+    emb: np.ndarray,
+) -> None:
     import anndata as ad
 
     obs = data.obs.copy()
@@ -209,8 +311,11 @@ def _write_predictions(run_dir: Path, rec: Any, data: Any, split: dict[str, np.n
     obs["sctune_split"] = part.astype(str)
     obs["sctune_prediction"] = pred.astype(str)
     obs["sctune_confidence"] = conf.astype(np.float32)
-    out = ad.AnnData(X=data.expression.X, obs=obs,
-                     var=__import__("pandas").DataFrame(index=list(data.expression.genes)))
+    out = ad.AnnData(
+        X=data.expression.X,
+        obs=obs,
+        var=__import__("pandas").DataFrame(index=list(data.expression.genes)),
+    )
     out.var_names_make_unique()
     out.obsm["X_sctune"] = emb.astype(np.float32)
     out.uns["sctune"] = {"recipe": rec.name, "label_column": rec.data.label_column}
@@ -231,15 +336,25 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
     split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
     prepared = task.prepare(data.labels, split, rec.task.config)
     with tempfile.TemporaryDirectory() as tmp:
-        bcfg = resolve_config(backbone, rec.backbone.config, genes=list(data.expression.genes),
-                              run_dir=Path(tmp), expression=_subset_expression(data.expression, split["train"]))
+        bcfg = resolve_config(
+            backbone,
+            rec.backbone.config,
+            genes=list(data.expression.genes),
+            run_dir=Path(tmp),
+            expression=_subset_expression(data.expression, split["train"]),
+        )
         asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
         model = asm.model
         per_adapter = []
         for h in asm.handles:
             ids = {id(p) for p in h.parameters}
-            per_adapter.append({"name": h.name, "trainable": sum(p.numel() for p in model.parameters() if id(p) in ids),
-                                **{k: v for k, v in h.info.items() if isinstance(v, (int, float, str, bool))}})
+            per_adapter.append(
+                {
+                    "name": h.name,
+                    "trainable": sum(p.numel() for p in model.parameters() if id(p) in ids),
+                    **{k: v for k, v in h.info.items() if isinstance(v, (int, float, str, bool))},
+                }
+            )
         report: dict[str, Any] = {
             "recipe": rec.source,
             "backbone": backbone.name,
@@ -274,8 +389,12 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
 def _subset_expression(expr: Any, idx: np.ndarray) -> Any:
     from dataclasses import replace
 
-    return replace(expr, X=expr.X[idx], cell_ids=tuple(expr.cell_ids[i] for i in idx),
-                   library_size=None if expr.library_size is None else expr.library_size[idx])
+    return replace(
+        expr,
+        X=expr.X[idx],
+        cell_ids=tuple(expr.cell_ids[i] for i in idx),
+        library_size=None if expr.library_size is None else expr.library_size[idx],
+    )
 
 
 def as_json(report: dict[str, Any]) -> str:

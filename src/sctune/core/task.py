@@ -36,7 +36,9 @@ class Task(ABC):
     description: ClassVar[str] = ""
 
     @abstractmethod
-    def prepare(self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig) -> Any:
+    def prepare(
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig
+    ) -> Any:
         """Build the task state from all labels and the split (statistics from training only)."""
 
     @abstractmethod
@@ -48,8 +50,9 @@ class Task(ABC):
         """A new head mapping the cell embedding ``(batch, hidden)`` to outputs."""
 
     @abstractmethod
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any,
-             config: PluginConfig) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any, config: PluginConfig
+    ) -> torch.Tensor:
         """The training loss of head outputs ``logits`` against integer ``targets``."""
 
     def sample_weights(self, prepared: Any, config: PluginConfig) -> np.ndarray | None:
@@ -57,16 +60,30 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def evaluate(self, *, logits: np.ndarray, targets: np.ndarray, embeddings: np.ndarray | None,
-                 prepared: Any, config: PluginConfig, out_dir: Path | None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        *,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        embeddings: np.ndarray | None,
+        prepared: Any,
+        config: PluginConfig,
+        out_dir: Path | None,
+    ) -> dict[str, Any]:
         """Metrics (``dict`` of floats plus optional nested reports); write plots to ``out_dir``."""
 
     @abstractmethod
     def predict(self, logits: np.ndarray, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
         """Predicted labels and confidences for rows of ``logits``."""
 
-    def transfer(self, reference: np.ndarray, reference_targets: np.ndarray, query: np.ndarray,
-                 prepared: Any, config: PluginConfig) -> np.ndarray:
+    def transfer(
+        self,
+        reference: np.ndarray,
+        reference_targets: np.ndarray,
+        query: np.ndarray,
+        prepared: Any,
+        config: PluginConfig,
+    ) -> np.ndarray:
         """Zero-shot: scores for ``query`` from frozen ``reference`` embeddings (no training)."""
         raise NotImplementedError(f"task '{self.name}' has no zero-shot transfer")
 

@@ -47,22 +47,41 @@ def make_accelerator(trainer_cfg: Any) -> Any:
     from accelerate import Accelerator
 
     mp = {"32": "no", "16-mixed": "fp16", "bf16-mixed": "bf16"}[trainer_cfg.precision]
-    cpu = trainer_cfg.device == "cpu" or (trainer_cfg.device == "auto" and not torch.cuda.is_available())
+    cpu = trainer_cfg.device == "cpu" or (
+        trainer_cfg.device == "auto" and not torch.cuda.is_available()
+    )
     if cpu and mp == "fp16":
         mp = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
     return Accelerator(cpu=cpu, mixed_precision=mp)
 
 
-def _loader(ds: Dataset, batch: int, collate: Callable | None, *, shuffle: bool = False,
-            weights: np.ndarray | None = None, seed: int = 0) -> DataLoader:
+def _loader(
+    ds: Dataset,
+    batch: int,
+    collate: Callable | None,
+    *,
+    shuffle: bool = False,
+    weights: np.ndarray | None = None,
+    seed: int = 0,
+) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     sampler = None
     if weights is not None:
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(weights),
-                                        replacement=True, generator=gen)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double),
+            len(weights),
+            replacement=True,
+            generator=gen,
+        )
         shuffle = False
-    return DataLoader(ds, batch_size=batch, shuffle=shuffle, sampler=sampler, collate_fn=collate,
-                      generator=gen if shuffle else None)
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=shuffle,
+        sampler=sampler,
+        collate_fn=collate,
+        generator=gen if shuffle else None,
+    )
 
 
 class _Indexed(Dataset):
@@ -89,8 +108,9 @@ def _split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
 
 
 @torch.no_grad()
-def embed_and_score(model: Any, cells: Any, batch_size: int, accelerator: Any,
-                    *, merged_head_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def embed_and_score(
+    model: Any, cells: Any, batch_size: int, accelerator: Any, *, merged_head_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Cell embeddings and head outputs for every cell (eval mode, original order)."""
     model.eval()
     dl = DataLoader(cells, batch_size=batch_size, shuffle=False, collate_fn=cells.collate)
@@ -116,10 +136,23 @@ def embed_only(backbone: Any, cells: Any, batch_size: int, accelerator: Any) -> 
     return torch.cat(out).numpy()
 
 
-def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any, valid: Any,
-        train_targets: np.ndarray, valid_targets: np.ndarray, trainer_cfg: Any, seed: int,
-        cache_embeddings: bool, on_epoch: Callable[[int, dict[str, float]], None],
-        log_path: Path, progress: bool = True) -> FitResult:
+def fit(
+    *,
+    ctx: RunContext,
+    task: Any,
+    task_cfg: Any,
+    prepared: Any,
+    train: Any,
+    valid: Any,
+    train_targets: np.ndarray,
+    valid_targets: np.ndarray,
+    trainer_cfg: Any,
+    seed: int,
+    cache_embeddings: bool,
+    on_epoch: Callable[[int, dict[str, float]], None],
+    log_path: Path,
+    progress: bool = True,
+) -> FitResult:
     """Train ``ctx.assembled`` and restore its best-validation weights."""
     acc = ctx.accelerator
     asm = ctx.assembled
@@ -131,7 +164,11 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
     if cache_embeddings:  # head-only: frozen backbone runs once, in eval mode
         model.backbone.to(acc.device)
         tr = torch.as_tensor(embed_only(model.backbone, train, trainer_cfg.eval_batch_size, acc))
-        va = torch.as_tensor(embed_only(model.backbone, valid, trainer_cfg.eval_batch_size, acc)) if len(valid) else torch.zeros(0, tr.shape[1])
+        va = (
+            torch.as_tensor(embed_only(model.backbone, valid, trainer_cfg.eval_batch_size, acc))
+            if len(valid)
+            else torch.zeros(0, tr.shape[1])
+        )
         train_ds: Dataset = TensorDataset(tr, torch.as_tensor(train_targets))
         valid_ds: Dataset = TensorDataset(va, torch.as_tensor(valid_targets))
         collate = None
@@ -140,7 +177,9 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
         train_ds, valid_ds = _Indexed(train, train_targets), _Indexed(valid, valid_targets)
         collate = train_ds.collate  # type: ignore[attr-defined]
         net = model
-    train_dl = _loader(train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights, seed=seed)
+    train_dl = _loader(
+        train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights, seed=seed
+    )
     valid_dl = _loader(valid_ds, trainer_cfg.eval_batch_size, getattr(valid_ds, "collate", None))
 
     params = [p for p in net.parameters() if p.requires_grad]
@@ -169,12 +208,14 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     prog = _progress(progress and acc.is_main_process)
-    task_id = prog.add_task("training", total=trainer_cfg.epochs * steps_per_epoch) if prog else None
-    with (prog or _Null()):
+    task_id = (
+        prog.add_task("training", total=trainer_cfg.epochs * steps_per_epoch) if prog else None
+    )
+    with prog or _Null():
         for epoch in range(trainer_cfg.epochs):
             net.train()
             losses, seen = 0.0, 0
-            for step, batch in enumerate(train_dl):
+            for batch in train_dl:
                 with acc.autocast():
                     out = forward(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -191,10 +232,18 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
                 losses += float(out.loss.detach()) * n
                 seen += n
                 if prog is not None:
-                    prog.update(task_id, advance=1, description=f"epoch {epoch + 1}/{trainer_cfg.epochs} loss {losses / max(seen, 1):.4f}")
+                    prog.update(
+                        task_id,
+                        advance=1,
+                        description=f"epoch {epoch + 1}/{trainer_cfg.epochs} loss {losses / max(seen, 1):.4f}",
+                    )
             if scheduler is not None and trainer_cfg.scheduler.name == "step":
                 scheduler.step()
-            metrics = {"epoch": epoch, "train/loss": losses / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+            metrics = {
+                "epoch": epoch,
+                "train/loss": losses / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+            }
             metrics.update(_validate(net, valid_dl, forward, acc, prepared))
             metrics["seconds"] = time.perf_counter() - start
             history.append(metrics)
@@ -209,19 +258,25 @@ def fit(*, ctx: RunContext, task: Any, task_cfg: Any, prepared: Any, train: Any,
                 value = metrics["train/loss"]
                 monitor = "train/loss"
             better = best_val is None or (
-                value < best_val - (es.min_delta if es else 0) if monitor.endswith("loss") else value > best_val + (es.min_delta if es else 0)
+                value < best_val - (es.min_delta if es else 0)
+                if monitor.endswith("loss")
+                else value > best_val + (es.min_delta if es else 0)
             )
             if better:
                 best_val, best_epoch, bad_epochs = value, epoch, 0
                 unwrapped = acc.unwrap_model(net)
                 keep = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
                 keep |= {n for n, _ in unwrapped.named_buffers()}  # e.g. BatchNorm running stats
-                best_state = {k: v.detach().clone() for k, v in unwrapped.state_dict().items() if k in keep}
+                best_state = {
+                    k: v.detach().clone() for k, v in unwrapped.state_dict().items() if k in keep
+                }
             else:
                 bad_epochs += 1
                 if es and bad_epochs >= es.patience:
                     if prog is not None:
-                        prog.console.log(f"early stopping at epoch {epoch + 1}: no {monitor} improvement for {es.patience} epochs")
+                        prog.console.log(
+                            f"early stopping at epoch {epoch + 1}: no {monitor} improvement for {es.patience} epochs"
+                        )
                     break
     if best_state is not None:
         acc.unwrap_model(net).load_state_dict(best_state, strict=False)
@@ -249,9 +304,12 @@ def _validate(net: Any, dl: Any, forward: Callable, acc: Any, prepared: Any) -> 
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     y, p = torch.cat(ys).numpy(), torch.cat(preds).numpy()
-    return {"valid/loss": tot / n, "valid/accuracy": correct / n,
-            "valid/balanced_accuracy": float(balanced_accuracy_score(y, p)),
-            "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0))}
+    return {
+        "valid/loss": tot / n,
+        "valid/accuracy": correct / n,
+        "valid/balanced_accuracy": float(balanced_accuracy_score(y, p)),
+        "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
+    }
 
 
 def _scheduler(optimizer: Any, cfg: Any, steps_per_epoch: int) -> Any:
@@ -279,10 +337,22 @@ def _fmt(m: dict[str, float]) -> str:
 def _progress(enabled: bool) -> Any:
     if not enabled:
         return None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
 class _Null:

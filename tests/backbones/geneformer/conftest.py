@@ -59,7 +59,7 @@ def tiny_v2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return write_example(tmp_path_factory.mktemp("gf_v2"), GENES, version="v2")
 
 
-@pytest.fixture()
+@pytest.fixture
 def backbone() -> GeneformerBackbone:
     return GeneformerBackbone()
 
@@ -93,19 +93,19 @@ def _random_counts(n_cells: int, n_genes: int, seed: int = 0, density: float = 0
     return X
 
 
-@pytest.fixture()
+@pytest.fixture
 def make_expr():
     """``make_expr(X, genes, kind=..., library_size=..., gene_ids=...) -> Expression``."""
     return _make_expression
 
 
-@pytest.fixture()
+@pytest.fixture
 def random_counts():
     """``random_counts(n_cells, n_genes, seed=0, density=0.5) -> ndarray`` (no empty cells)."""
     return _random_counts
 
 
-@pytest.fixture()
+@pytest.fixture
 def make_config():
     """``make_config(options, **extra) -> GeneformerConfig``."""
 
@@ -115,12 +115,12 @@ def make_config():
     return make
 
 
-@pytest.fixture()
+@pytest.fixture
 def genes() -> list[str]:
     return list(GENES)
 
 
-@pytest.fixture()
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("shared data folder ../shared/data is absent")

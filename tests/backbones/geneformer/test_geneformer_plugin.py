@@ -149,8 +149,9 @@ def test_random_init_medians_come_from_training_counts(tmp_path):
     lib = np.array([10.0, 20.0, 40.0])
     genes = ("ENSG00000000001", "ENSG00000000002", "ENSG00000000003")
     expr = Expression(X=X, genes=genes, kind="counts", library_size=lib, cell_ids=("a", "b", "c"))
-    cfg = GeneformerConfig(hidden_size=8, num_layers=1, num_heads=2,
-                           intermediate_size=16, max_position_embeddings=16)
+    cfg = GeneformerConfig(
+        hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, max_position_embeddings=16
+    )
     out = GeneformerBackbone().resolve(cfg, genes=list(genes), run_dir=tmp_path, expression=expr)
     medians = json.loads((tmp_path / "geneformer_gene_median_dictionary.json").read_text())
     assert out.gene_median_dictionary is not None

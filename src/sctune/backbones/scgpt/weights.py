@@ -188,7 +188,7 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint folder '{folder}' has no '{WEIGHTS}'")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report any unpickling failure, never fall back
+    except Exception as exc:
         raise CheckpointError(
             f"cannot read '{path}' with torch.load(weights_only=True): {exc}"
         ) from None

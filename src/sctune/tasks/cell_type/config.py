@@ -10,7 +10,9 @@ from sctune.core.config import PluginConfig
 
 
 class CellTypeConfig(PluginConfig):
-    head_layers: int = Field(3, ge=1, le=6, description="layers of scGPT's ClsDecoder head (n_layers_cls)")
+    head_layers: int = Field(
+        3, ge=1, le=6, description="layers of scGPT's ClsDecoder head (n_layers_cls)"
+    )
     input_norm: Literal["none", "batch"] = Field(
         "none",
         description="batch: BatchNorm1d on the cell embedding before the head (standardises each "
@@ -25,4 +27,6 @@ class CellTypeConfig(PluginConfig):
     )
     knn_k: int = Field(10, ge=1, description="zero_shot: neighbours for kNN label transfer")
     umap: bool = Field(True, description="draw the UMAP of test-cell embeddings")
-    scib_silhouette: bool = Field(False, description="also report the scib-style (s+1)/2 silhouette")
+    scib_silhouette: bool = Field(
+        False, description="also report the scib-style (s+1)/2 silhouette"
+    )

@@ -9,7 +9,9 @@ from torch import nn
 class ClsDecoder(nn.Module):
     """Parameters: (layers-1) * (d*d + d + 2d) + d*n + n; for d=512, 3 layers: 527,360 + 513 n."""
 
-    def __init__(self, d_model: int, n_classes: int, n_layers: int = 3, input_norm: str = "none") -> None:
+    def __init__(
+        self, d_model: int, n_classes: int, n_layers: int = 3, input_norm: str = "none"
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = [nn.BatchNorm1d(d_model)] if input_norm == "batch" else []
         for _ in range(n_layers - 1):

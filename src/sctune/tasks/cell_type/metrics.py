@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, names: list[str]
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro/weighted P/R/F1 and a per-class report."""
     from sklearn import metrics as skm
 
@@ -20,7 +22,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[s
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=labels, average=avg, zero_division=0
         )
-        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(p), float(r), float(f)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = (
+            float(p),
+            float(r),
+            float(f),
+        )
     report = skm.classification_report(
         y_true, y_pred, labels=labels, target_names=names, output_dict=True, zero_division=0
     )

@@ -23,8 +23,15 @@ def confusion_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> N
     for i in range(n):
         for j in range(n):
             if cm[i, j] >= 0.05:
-                ax.text(j, i, f"{cm[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > 0.6 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -32,7 +39,9 @@ def confusion_png(cm: np.ndarray, names: list[str], path: Path, title: str) -> N
     plt.close(fig)
 
 
-def umap_png(embeddings: np.ndarray, true: list[str], pred: list[str], path: Path, seed: int = 0) -> None:
+def umap_png(
+    embeddings: np.ndarray, true: list[str], pred: list[str], path: Path, seed: int = 0
+) -> None:
     """UMAP (scanpy: neighbors on the embedding, umap min_dist 0.3), coloured by true and predicted."""
     import anndata as ad
     import matplotlib
@@ -51,7 +60,9 @@ def umap_png(embeddings: np.ndarray, true: list[str], pred: list[str], path: Pat
     sc.pp.neighbors(adata, use_rep="X_emb", n_neighbors=min(15, len(true) - 1), random_state=seed)
     sc.tl.umap(adata, min_dist=0.3, random_state=seed)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    sc.pl.umap(adata, color="true", ax=axes[0], show=False, title="true cell type", legend_loc=None)
+    sc.pl.umap(
+        adata, color="true", ax=axes[0], show=False, title="true cell type", legend_loc=None
+    )
     sc.pl.umap(adata, color="predicted", ax=axes[1], show=False, title="predicted cell type")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -27,9 +27,13 @@ class CellTypeState:
 class CellTypeTask(Task):
     name: ClassVar[str] = "cell_type"
     config_cls = CellTypeConfig
-    description: ClassVar[str] = "cell-type identification (classifier head, kNN zero-shot transfer)"
+    description: ClassVar[str] = (
+        "cell-type identification (classifier head, kNN zero-shot transfer)"
+    )
 
-    def prepare(self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any) -> CellTypeState:
+    def prepare(
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
+    ) -> CellTypeState:
         train = labels[split["train"]]
         classes = sorted(set(train.tolist()))
         counts = np.array([(train == c).sum() for c in classes], dtype=np.float64)
@@ -49,10 +53,13 @@ class CellTypeTask(Task):
     def head(self, hidden_size: int, prepared: CellTypeState, config: Any) -> nn.Module:
         from sctune.tasks.cell_type.head import ClsDecoder
 
-        return ClsDecoder(hidden_size, len(prepared.classes), config.head_layers, config.input_norm)
+        return ClsDecoder(
+            hidden_size, len(prepared.classes), config.head_layers, config.input_norm
+        )
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, prepared: CellTypeState,
-             config: Any) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, prepared: CellTypeState, config: Any
+    ) -> torch.Tensor:
         import torch.nn.functional as F
 
         weight = None
@@ -66,17 +73,27 @@ class CellTypeTask(Task):
     def sample_weights(self, prepared: CellTypeState, config: Any) -> np.ndarray | None:
         if config.sampler != "weighted" or prepared.train_targets is None:
             return None
-        counts = np.bincount(prepared.train_targets, minlength=len(prepared.classes)).astype(np.float64)
+        counts = np.bincount(prepared.train_targets, minlength=len(prepared.classes)).astype(
+            np.float64
+        )
         return 1.0 / counts[prepared.train_targets]
 
-    def predict(self, logits: np.ndarray, prepared: CellTypeState) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, logits: np.ndarray, prepared: CellTypeState
+    ) -> tuple[np.ndarray, np.ndarray]:
         z = logits - logits.max(axis=1, keepdims=True)
         prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         idx = prob.argmax(axis=1)
         return np.array(prepared.classes, dtype=object)[idx], prob[np.arange(len(idx)), idx]
 
-    def transfer(self, reference: np.ndarray, reference_targets: np.ndarray, query: np.ndarray,
-                 prepared: CellTypeState, config: Any) -> np.ndarray:
+    def transfer(
+        self,
+        reference: np.ndarray,
+        reference_targets: np.ndarray,
+        query: np.ndarray,
+        prepared: CellTypeState,
+        config: Any,
+    ) -> np.ndarray:
         """kNN label transfer on L2-normalised embeddings (scPEFT's native baseline)."""
         from sklearn.neighbors import KNeighborsClassifier
 
@@ -89,8 +106,16 @@ class CellTypeTask(Task):
         proba[:, knn.classes_] = knn.predict_proba(unit(query))
         return np.log(np.clip(proba, 1e-6, 1.0))  # log-probabilities serve as logits
 
-    def evaluate(self, *, logits: np.ndarray, targets: np.ndarray, embeddings: np.ndarray | None,
-                 prepared: CellTypeState, config: Any, out_dir: Path | None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        *,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        embeddings: np.ndarray | None,
+        prepared: CellTypeState,
+        config: Any,
+        out_dir: Path | None,
+    ) -> dict[str, Any]:
         from sctune.tasks.cell_type import metrics, plots
 
         pred = logits.argmax(axis=1)
@@ -102,11 +127,17 @@ class CellTypeTask(Task):
                 result["silhouette_scib_rescaled"] = (s + 1) / 2
         if out_dir is not None:
             cm = metrics.row_normalised_confusion(targets, pred, len(prepared.classes))
-            plots.confusion_png(cm, prepared.classes, out_dir / "confusion_matrix.png",
-                                f"test: accuracy {result['accuracy']:.3f}, balanced {result['balanced_accuracy']:.3f}")
+            plots.confusion_png(
+                cm,
+                prepared.classes,
+                out_dir / "confusion_matrix.png",
+                f"test: accuracy {result['accuracy']:.3f}, balanced {result['balanced_accuracy']:.3f}",
+            )
             if embeddings is not None and config.umap and len(targets) > 3:
                 names = np.array(prepared.classes, dtype=object)
-                plots.umap_png(embeddings, names[targets].tolist(), names[pred].tolist(), out_dir / "umap.png")
+                plots.umap_png(
+                    embeddings, names[targets].tolist(), names[pred].tolist(), out_dir / "umap.png"
+                )
         return result
 
     def state(self, prepared: CellTypeState) -> dict[str, Any]:
