@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import subprocess
@@ -121,6 +122,15 @@ def run(
 
     registry = registry or get_registry()
     rec = load(recipe, overrides, registry=registry)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:  # DDP (accelerate launch): only rank 0 writes the run directory
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix=f"sctune-rank{rank}-"))
+        try:
+            return execute(rec, registry, scratch, progress=False, log=lambda m: None)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     # absolute, so paths that backbones write into the run directory (resolve()) are stored
     # absolute in adapter.json and 'sctune predict' can rebase them when the run moves
     out = Path(rec.envelope.output.dir or Path("runs") / rec.name).resolve()

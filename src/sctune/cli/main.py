@@ -74,7 +74,8 @@ def run_cli(
         progress=not quiet,
         log=lambda m: typer.echo(m, err=False),
     )
-    typer.echo(f"wrote {', '.join(sorted(result.files))}")
+    if os.environ.get("RANK", "0") == "0":  # DDP: only rank 0 has a run directory
+        typer.echo(f"wrote {', '.join(sorted(result.files))}")
 
 
 @app.command("validate")

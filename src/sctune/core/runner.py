@@ -188,6 +188,8 @@ def execute(
         **env_info(),
         "plugins": plugin_versions(registry, names),
         "accelerate": distribution_version("accelerate"),
+        "num_processes": acc.num_processes,
+        "distributed_type": str(acc.distributed_type),
         "device": str(acc.device),
     }
     A.write_json(run_dir / A.ENV, env)

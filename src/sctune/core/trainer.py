@@ -286,27 +286,27 @@ def fit(
 
 @torch.no_grad()
 def _validate(net: Any, dl: Any, forward: Callable, acc: Any, prepared: Any) -> dict[str, float]:
+    """Validation loss and metrics, gathered over all processes (every rank sees the same
+    numbers, so early stopping decides identically under DDP)."""
     net.eval()
-    tot, n, correct = 0.0, 0, 0
-    preds, ys = [], []
+    losses, preds, ys = [], [], []
     for batch in dl:
         with acc.autocast():
             out = forward(batch)
-        k = int(out.targets.shape[0])
-        tot += float(out.loss) * k
-        n += k
-        p = out.logits.argmax(dim=1)
+        k = out.targets.shape[0]
+        loss = out.loss.detach().float().reshape(1).expand(k)
+        loss, p, y = acc.gather_for_metrics((loss, out.logits.argmax(dim=1), out.targets))
+        losses.append(loss.cpu())
         preds.append(p.cpu())
-        ys.append(out.targets.cpu())
-        correct += int((p == out.targets).sum())
-    if n == 0:
+        ys.append(y.cpu())
+    if not ys:
         return {}
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     y, p = torch.cat(ys).numpy(), torch.cat(preds).numpy()
     return {
-        "valid/loss": tot / n,
-        "valid/accuracy": correct / n,
+        "valid/loss": float(torch.cat(losses).mean()),
+        "valid/accuracy": float((y == p).mean()),
         "valid/balanced_accuracy": float(balanced_accuracy_score(y, p)),
         "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
     }
