@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", help="results JSONL (default: the bench's 'results' or results/<name>.jsonl)")
     ap.add_argument("--runs-dir", help="where run directories go (default: runs/<name> next to the bench)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
+    ap.add_argument("--rerun", action="store_true",
+                    help="run cells even when they have an ok row (the report keeps the newest row)")
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and not all(s in label for s in args.only):
             continue
         prefix = f"[{i}/{len(cells)}] {cell['hash']} {label}"
-        if cell["hash"] in done:
+        if cell["hash"] in done and not args.rerun:
             print(f"{prefix}: done earlier, skipped", flush=True)
             n_done += 1
             continue

@@ -1,13 +1,17 @@
-"""Run-directory file names and the adapter-only weight files (safetensors + JSON manifest)."""
+"""Run-directory file names, adapter-only weight files (safetensors + JSON manifest), hashing.
+
+Imports no torch at module level, so plugins may use :func:`sha256_file` in cheap code paths.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from sctune.core.errors import CheckpointError
 
@@ -82,6 +86,8 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, what:
             f"{what} does not fit the rebuilt model\n  "
             + "\n  ".join([*(f"unknown tensor '{k}'" for k in missing[:8]), *shapes[:8]])
         )
+    import torch
+
     with torch.no_grad():
         for k, v in tensors.items():
             params[k].copy_(v.to(params[k].dtype))

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pathlib
-import sys
-import types
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +9,7 @@ import pytest
 import torch
 from scipy import sparse
 
+from sctune import testing
 from sctune.core.cells import Expression
 
 GENES = [
@@ -120,21 +116,9 @@ def vocab():
 @pytest.fixture
 def reference_cls():
     """scGPT 0.2.4's TransformerModel, imported without running the package __init__."""
-    spec = importlib.util.find_spec("scgpt")
-    if spec is None:
+    cls = testing.reference_scgpt_class()
+    if cls is None:
         pytest.skip("scgpt not installed (pip install --no-deps scgpt==0.2.4)")
-    base = pathlib.Path(spec.submodule_search_locations[0])
-    saved = {k: v for k, v in sys.modules.items() if k == "scgpt" or k.startswith("scgpt.")}
-    for name, sub in (("scgpt", base), ("scgpt.model", base / "model")):
-        stub = types.ModuleType(name)
-        stub.__path__ = [str(sub)]
-        sys.modules[name] = stub
-    try:
-        cls = importlib.import_module("scgpt.model.model").TransformerModel
-    finally:
-        for k in [k for k in sys.modules if k == "scgpt" or k.startswith("scgpt.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
     return cls
 
 

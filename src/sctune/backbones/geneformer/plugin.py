@@ -224,7 +224,8 @@ class GeneformerBackbone(Backbone):
         return write_example(Path(workdir), genes)
 
     def fingerprint(self, config: GeneformerConfig) -> dict[str, str]:
-        from sctune.backbones.geneformer.weights import sha256, weight_file
+        from sctune.backbones.geneformer.weights import weight_file
+        from sctune.core.artifacts import sha256_file as sha256
 
         out = {}
         if config.checkpoint:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -191,20 +190,3 @@ def count_parameters(config: object, *, mlm_head: bool = True) -> int:
     with torch.device("meta"):
         model = BertForMaskedLM(config) if mlm_head else BertModel(config, add_pooling_layer=False)
     return sum(p.numel() for p in model.parameters())
-
-
-def sha256(path: str | Path, *, limit: int | None = None) -> str:
-    """Hex SHA-256 of a file (first ``limit`` bytes when given)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        remaining = limit
-        while True:
-            chunk = fh.read(1 << 20 if remaining is None else min(1 << 20, remaining))
-            if not chunk:
-                break
-            digest.update(chunk)
-            if remaining is not None:
-                remaining -= len(chunk)
-                if remaining <= 0:
-                    break
-    return digest.hexdigest()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from sctune import hookimpl
 from sctune.backbones.scbert.config import ScBERTConfig
+from sctune.core.artifacts import sha256_file
 from sctune.core.backbone import Backbone
 from sctune.core.capabilities import Capability
 from sctune.core.errors import CheckpointError
@@ -41,14 +41,6 @@ def _cfg(config: PluginConfig) -> ScBERTConfig:
 
 def _unique(genes: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(str(g) for g in genes))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ScBERTBackbone(Backbone):
@@ -236,7 +228,7 @@ class ScBERTBackbone(Backbone):
             "gene_order": cfg.gene_order,
         }
         return {
-            key: "sha256:" + _sha256(Path(path))
+            key: "sha256:" + sha256_file(Path(path))
             for key, path in files.items()
             if path is not None and Path(path).is_file()
         }

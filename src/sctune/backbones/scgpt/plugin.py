@@ -5,7 +5,6 @@ Torch and the model code are imported inside the methods, so listing plugins sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sctune import hookimpl
 from sctune.backbones.scgpt.config import ARCH_FIELDS, ScGPTConfig
+from sctune.core.artifacts import sha256_file
 from sctune.core.backbone import Backbone
 from sctune.core.capabilities import Capability
 from sctune.core.errors import CheckpointError
@@ -35,14 +35,6 @@ NOTES = {
     Capability.PROMPT_TOKENS.value: "inserted after <cls> before each prompted layer, mask "
     "extended, stripped after the last layer",
 }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ScGPTBackbone(Backbone):
@@ -258,10 +250,10 @@ class ScGPTBackbone(Backbone):
         if config.checkpoint is not None:
             weights = Path(config.checkpoint) / "best_model.pt"
             if weights.is_file():
-                out["best_model.pt"] = _sha256(weights)
+                out["best_model.pt"] = sha256_file(weights)
         vocab = self._vocab_path(config)
         if vocab is not None and vocab.is_file():
-            out["vocab.json"] = _sha256(vocab)
+            out["vocab.json"] = sha256_file(vocab)
         return out
 
     def check(self, config: ScGPTConfig) -> list[tuple[str, str]]:
