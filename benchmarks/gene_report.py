@@ -43,9 +43,15 @@ DATASETS = [
 ]
 
 CATEGORIES = [
-    ("clone-based name (RP11-…, AC…, CTD-…)", re.compile(r"^(RP\d+-|CT[ABCD]-|A[CLFP]\d{6}|KB-|XX[a-z]*-|LA16c-)")),
+    (
+        "clone-based name (RP11-…, AC…, CTD-…)",
+        re.compile(r"^(RP\d+-|CT[ABCD]-|A[CLFP]\d{6}|KB-|XX[a-z]*-|LA16c-)"),
+    ),
     ("lncRNA / antisense (LINC…, …-AS1, …-IT1)", re.compile(r"^(LINC|LOC)|-(AS|IT|OT)\d*$")),
-    ("small RNA (MIR…, SNOR…, Y_RNA, U1…, 7SK)", re.compile(r"^(MIR\d|SNOR|SCARNA|Y_RNA|U\d+$|7SK|RNU|RNY|VTRNA)")),
+    (
+        "small RNA (MIR…, SNOR…, Y_RNA, U1…, 7SK)",
+        re.compile(r"^(MIR\d|SNOR|SCARNA|Y_RNA|U\d+$|7SK|RNU|RNY|VTRNA)"),
+    ),
     ("mitochondrial (MT-…)", re.compile(r"^MT-")),
     ("Ensembl id", re.compile(r"^ENS[A-Z]*G\d+")),
 ]
@@ -69,11 +75,14 @@ def _configs(registry: Any) -> dict[str, Any]:
 
     return {
         "scgpt": make("scgpt", {"vocab": str(VOCAB / "scgpt_census_vocab.json")}),
-        "geneformer": make("geneformer", {
-            "token_dictionary": str(VOCAB / "geneformer_v1_token_dictionary.json"),
-            "gene_median_dictionary": str(VOCAB / "geneformer_v1_gene_median_dictionary.json"),
-            "gene_name_id_dict": str(VOCAB / "geneformer_v1_gene_name_id_dict.json"),
-        }),
+        "geneformer": make(
+            "geneformer",
+            {
+                "token_dictionary": str(VOCAB / "geneformer_v1_token_dictionary.json"),
+                "gene_median_dictionary": str(VOCAB / "geneformer_v1_gene_median_dictionary.json"),
+                "gene_name_id_dict": str(VOCAB / "geneformer_v1_gene_name_id_dict.json"),
+            },
+        ),
     }
 
 
@@ -101,7 +110,9 @@ def dataset_rows(registry: Any, path: Path) -> list[dict[str, Any]]:
     adata = ad.read_h5ad(path, backed="r")
     var = adata.var
     genes = [str(g) for g in adata.var_names]
-    symbol_col = next((c for c in ("gene_symbol", "gene_symbols", "symbol") if c in var.columns), None)
+    symbol_col = next(
+        (c for c in ("gene_symbol", "gene_symbols", "symbol") if c in var.columns), None
+    )
     symbols = [str(s) for s in var[symbol_col]] if symbol_col else None
     adata.file.close()
     configs = _configs(registry)
@@ -119,13 +130,23 @@ def dataset_rows(registry: Any, path: Path) -> list[dict[str, Any]]:
                 to_symbol = dict(zip(genes, symbols))
                 examples = [f"{g} ({to_symbol[g]})" for g in examples]
                 dropped = [to_symbol[g] for g in dropped]  # categorise by symbol
-            rows.append({
-                "dataset": path.name, "backbone": name, "genes_from": source,
-                "n_genes": m.n_genes, "n_matched": m.n_matched, "fraction": m.fraction,
-                "namespace": m.namespace, "via": m.via, "vocabulary_size": m.vocabulary_size,
-                "notes": list(m.notes), "dropped_examples": examples,
-                "dropped_categories": categorise(dropped), "n_dropped": len(dropped),
-            })
+            rows.append(
+                {
+                    "dataset": path.name,
+                    "backbone": name,
+                    "genes_from": source,
+                    "n_genes": m.n_genes,
+                    "n_matched": m.n_matched,
+                    "fraction": m.fraction,
+                    "namespace": m.namespace,
+                    "via": m.via,
+                    "vocabulary_size": m.vocabulary_size,
+                    "notes": list(m.notes),
+                    "dropped_examples": examples,
+                    "dropped_categories": categorise(dropped),
+                    "n_dropped": len(dropped),
+                }
+            )
     # which namespace tokenization uses: scGPT and scBERT take the better of var_names / symbol
     # column; Geneformer prefers Ensembl ids (identifiers, then an id column), else symbols
     for r in rows:
@@ -134,9 +155,17 @@ def dataset_rows(registry: Any, path: Path) -> list[dict[str, Any]]:
             r["used"] = r is max(same, key=lambda o: o["n_matched"])
         else:
             r["used"] = r["genes_from"] == "var_names"
-    rows.append({"dataset": path.name, "backbone": "scbert", "genes_from": "var_names",
-                 "n_genes": len(genes), "n_matched": None, "used": True,
-                 "via": "not computable: the panglao 16,906-gene order file is not available here"})
+    rows.append(
+        {
+            "dataset": path.name,
+            "backbone": "scbert",
+            "genes_from": "var_names",
+            "n_genes": len(genes),
+            "n_matched": None,
+            "used": True,
+            "via": "not computable: the panglao 16,906-gene order file is not available here",
+        }
+    )
     return rows
 
 
@@ -147,9 +176,14 @@ def _tiny_expression(genes: list[str], symbols: list[str] | None = None) -> Any:
 
     rng = np.random.default_rng(0)
     X = sparse.csr_matrix(rng.integers(1, 5, size=(3, len(genes))).astype(np.float32))
-    return Expression(X=X, genes=tuple(genes), kind="counts",
-                      library_size=np.asarray(X.sum(axis=1)).ravel().astype(np.float64),
-                      cell_ids=("c0", "c1", "c2"), gene_symbols=None if symbols is None else tuple(symbols))
+    return Expression(
+        X=X,
+        genes=tuple(genes),
+        kind="counts",
+        library_size=np.asarray(X.sum(axis=1)).ravel().astype(np.float64),
+        cell_ids=("c0", "c1", "c2"),
+        gene_symbols=None if symbols is None else tuple(symbols),
+    )
 
 
 def error_demos(registry: Any) -> list[dict[str, Any]]:
@@ -161,15 +195,41 @@ def error_demos(registry: Any) -> list[dict[str, Any]]:
     zheng = ad.read_h5ad(SHARED / "zheng_sorted_pbmc_facs.h5ad", backed="r")
     ensembl = [str(g) for g in zheng.var_names[:2000]]
     zheng.file.close()
-    mouse_symbols = ["Cd3e", "Cd19", "Ms4a1", "Lyz2", "Cd14", "Nkg7", "Gzma", "Cd8a", "Cd4", "Foxp3",
-                     "Klrb1c", "H2-Ab1", "Ly6c1", "Ptprc", "Actb", "Gapdh"] * 4
+    mouse_symbols = [
+        "Cd3e",
+        "Cd19",
+        "Ms4a1",
+        "Lyz2",
+        "Cd14",
+        "Nkg7",
+        "Gzma",
+        "Cd8a",
+        "Cd4",
+        "Foxp3",
+        "Klrb1c",
+        "H2-Ab1",
+        "Ly6c1",
+        "Ptprc",
+        "Actb",
+        "Gapdh",
+    ] * 4
     mouse_ids = [f"ENSMUSG{n:011d}" for n in range(20000, 20064)]
     configs = _configs(registry)
     cases = [
-        ("scgpt", "Ensembl ids (zheng var_names, first 2,000) with no symbol column", ensembl, configs["scgpt"]),
+        (
+            "scgpt",
+            "Ensembl ids (zheng var_names, first 2,000) with no symbol column",
+            ensembl,
+            configs["scgpt"],
+        ),
         ("scgpt", "mouse symbols (Cd3e, Cd19, Ms4a1, …)", mouse_symbols, configs["scgpt"]),
         ("geneformer", "mouse Ensembl ids (ENSMUSG…)", mouse_ids, configs["geneformer"]),
-        ("geneformer", "mouse symbols (Cd3e, Cd19, Ms4a1, …)", mouse_symbols, configs["geneformer"]),
+        (
+            "geneformer",
+            "mouse symbols (Cd3e, Cd19, Ms4a1, …)",
+            mouse_symbols,
+            configs["geneformer"],
+        ),
     ]
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,9 +239,16 @@ def error_demos(registry: Any) -> list[dict[str, Any]]:
         order.write_text("\n".join(map(str, pbmc.var_names)) + "\n")
         pbmc.file.close()
         scbert_cfg = registry.entries["backbone"]["scbert"].cls.config_cls.model_validate(
-            {"gene_order": str(order)})
-        cases.append(("scbert", "Ensembl ids with no symbol column (stand-in order: pbmc3k's symbols)",
-                      ensembl, scbert_cfg))
+            {"gene_order": str(order)}
+        )
+        cases.append(
+            (
+                "scbert",
+                "Ensembl ids with no symbol column (stand-in order: pbmc3k's symbols)",
+                ensembl,
+                scbert_cfg,
+            )
+        )
         for name, what, genes, cfg in cases:
             backbone = registry.instance("backbone", name)
             try:
@@ -252,18 +319,23 @@ FOOTER = """
 
 
 def render(rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> str:
-    lines = [HEADER + "## Matches per dataset and backbone\n",
+    lines = [
+        HEADER + "## Matches per dataset and backbone\n",
         "| dataset | backbone | genes from | matched | namespace | via | dropped, e.g. |",
         "|---|---|---|---:|---|---|---|",
     ]
     for r in rows:
         if r["n_matched"] is None:
-            lines.append(f"| {r['dataset']} | {r['backbone']} | {r['genes_from']} | – | – | {r['via']} | – |")
+            lines.append(
+                f"| {r['dataset']} | {r['backbone']} | {r['genes_from']} | – | – | {r['via']} | – |"
+            )
             continue
         used = "" if r.get("used") else " (not used)"
         ex = ", ".join(f"`{g}`" for g in r["dropped_examples"][:4]) or "–"
-        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['genes_from']}{used} | {_pct(r)} | "
-                     f"{r['namespace']} | {r['via']} | {ex} |")
+        lines.append(
+            f"| {r['dataset']} | {r['backbone']} | {r['genes_from']}{used} | {_pct(r)} | "
+            f"{r['namespace']} | {r['via']} | {ex} |"
+        )
     lines.append("")
     lines.append("## What is dropped\n")
     lines.append("Dropped columns of the namespace tokenization uses, grouped by name pattern:\n")
@@ -274,7 +346,9 @@ def render(rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> str:
             continue
         cats = "; ".join(f"{k}: {v:,}" for k, v in r["dropped_categories"].items()) or "–"
         notes = "; ".join(r["notes"]) or "–"
-        lines.append(f"| {r['dataset']} | {r['backbone']} | {r['n_dropped']:,} | {cats} | {notes} |")
+        lines.append(
+            f"| {r['dataset']} | {r['backbone']} | {r['n_dropped']:,} | {cats} | {notes} |"
+        )
     lines.append("")
     lines.append("## When nothing maps\n")
     lines.append("Tokenizing small synthetic inputs (3 cells) whose genes cannot map:\n")
@@ -282,8 +356,10 @@ def render(rows: list[dict[str, Any]], demos: list[dict[str, Any]]) -> str:
     lines.append("|---|---|---|")
     for d in demos:
         msg = d["message"].replace("\n", "<br>").replace("|", "\\|")
-        lines.append(f"| {d['backbone']} | {d['input']} | {'error: ' if d['raised'] else '**'}"
-                     f"`{msg}`{'' if d['raised'] else '**'} |")
+        lines.append(
+            f"| {d['backbone']} | {d['input']} | {'error: ' if d['raised'] else '**'}"
+            f"`{msg}`{'' if d['raised'] else '**'} |"
+        )
     return "\n".join(lines) + "\n" + FOOTER
 
 

@@ -106,8 +106,9 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def expand(bench: dict[str, Any], bench_dir: Path, registry: Any,
-           extra: list[tuple[str, Any]] = ()) -> list[dict[str, Any]]:
+def expand(
+    bench: dict[str, Any], bench_dir: Path, registry: Any, extra: list[tuple[str, Any]] = ()
+) -> list[dict[str, Any]]:
     """One entry per grid cell: its grid values, its recipe mapping and its hash."""
     base = load_base(bench["base"], bench_dir, registry)
     for key, value in (bench.get("overrides") or {}).items():
@@ -161,7 +162,9 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ running
 
 
-def run_child(recipe: dict[str, Any], run_dir: Path, log_file: Path, timeout: float | None) -> dict[str, Any]:
+def run_child(
+    recipe: dict[str, Any], run_dir: Path, log_file: Path, timeout: float | None
+) -> dict[str, Any]:
     """Run one recipe in a child process; return its result JSON plus wall time and peak RSS."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     spec = run_dir.parent / f"{run_dir.name}.recipe.json"
@@ -207,7 +210,7 @@ def child_main(spec: str, out: str) -> int:
     try:
         result = api.run(recipe, progress=False, log=lambda m: print(m, flush=True))
         payload = {"ok": True, "metrics": result.metrics, "run_dir": str(result.run_dir)}
-    except Exception as exc:  # noqa: BLE001 - reported in the results row
+    except Exception as exc:
         import traceback
 
         traceback.print_exc()
@@ -257,15 +260,33 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("bench", nargs="?", help="benchmark YAML with base: and grid:")
     ap.add_argument("--dry-run", action="store_true", help="expand and validate, run nothing")
-    ap.add_argument("--only", action="append", default=[],
-                    help="run only cells whose labels contain this text (repeatable: all must match)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra dotted override for every cell (YAML value); changes the cell hashes")
-    ap.add_argument("--results", help="results JSONL (default: the bench's 'results' or results/<name>.jsonl)")
-    ap.add_argument("--runs-dir", help="where run directories go (default: runs/<name> next to the bench)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per run before it is killed")
-    ap.add_argument("--rerun", action="store_true",
-                    help="run cells even when they have an ok row (the report keeps the newest row)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only cells whose labels contain this text (repeatable: all must match)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dotted override for every cell (YAML value); changes the cell hashes",
+    )
+    ap.add_argument(
+        "--results", help="results JSONL (default: the bench's 'results' or results/<name>.jsonl)"
+    )
+    ap.add_argument(
+        "--runs-dir", help="where run directories go (default: runs/<name> next to the bench)"
+    )
+    ap.add_argument(
+        "--timeout", type=float, default=None, help="seconds per run before it is killed"
+    )
+    ap.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run cells even when they have an ok row (the report keeps the newest row)",
+    )
     ap.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -280,8 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     bench = yaml.safe_load(bench_path.read_text())
     bench.setdefault("name", bench_path.stem)
     bench_dir = bench_path.parent
-    results = Path(args.results) if args.results else bench_dir / bench.get("results", f"results/{bench['name']}.jsonl")
-    runs_dir = Path(args.runs_dir) if args.runs_dir else bench_dir / bench.get("runs_dir", f"runs/{bench['name']}")
+    results = (
+        Path(args.results)
+        if args.results
+        else bench_dir / bench.get("results", f"results/{bench['name']}.jsonl")
+    )
+    runs_dir = (
+        Path(args.runs_dir)
+        if args.runs_dir
+        else bench_dir / bench.get("runs_dir", f"runs/{bench['name']}")
+    )
     extra = []
     for item in args.set:
         key, _, text = item.partition("=")
@@ -308,9 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prefix}: SKIPPED (does not validate): {reason}", flush=True)
             n_skip += 1
             if not args.dry_run:
-                append_row(results, {"bench": bench["name"], "hash": cell["hash"], "status": "skipped",
-                                     "labels": cell["labels"], "error": reason,
-                                     "finished": _dt.datetime.now().isoformat(timespec="seconds")})
+                append_row(
+                    results,
+                    {
+                        "bench": bench["name"],
+                        "hash": cell["hash"],
+                        "status": "skipped",
+                        "labels": cell["labels"],
+                        "error": reason,
+                        "finished": _dt.datetime.now().isoformat(timespec="seconds"),
+                    },
+                )
             continue
         if args.dry_run:
             print(f"{prefix}: valid", flush=True)
@@ -322,13 +359,22 @@ def main(argv: list[str] | None = None) -> int:
         append_row(results, row)
         n_run += 1
         if row["status"] == "ok":
-            print(f"{prefix}: accuracy {row['accuracy']:.4f}, macro F1 {row['macro_f1']:.4f}, "
-                  f"train {row['train_seconds']:.1f} s, wall {row['wall_seconds']:.1f} s, "
-                  f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{prefix}: accuracy {row['accuracy']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+                f"train {row['train_seconds']:.1f} s, wall {row['wall_seconds']:.1f} s, "
+                f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
         else:
             n_fail += 1
-            print(f"{prefix}: FAILED ({row['error']}); log: {runs_dir / (cell['hash'] + '.log')}", flush=True)
-    print(f"ran {n_run} ({n_fail} failed), skipped {n_skip} invalid, {n_done} done earlier", flush=True)
+            print(
+                f"{prefix}: FAILED ({row['error']}); log: {runs_dir / (cell['hash'] + '.log')}",
+                flush=True,
+            )
+    print(
+        f"ran {n_run} ({n_fail} failed), skipped {n_skip} invalid, {n_done} done earlier",
+        flush=True,
+    )
     return 1 if n_fail else 0
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import cell_label  # noqa: E402
+from grid import cell_label
 
 
 def baseline(run_dir: Path, n_hvg: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -53,7 +53,9 @@ def baseline(run_dir: Path, n_hvg: int = 2000, seed: int = 0) -> dict[str, Any]:
         sc.pp.normalize_total(adata, target_sum=1e4)
         sc.pp.log1p(adata)
     elif expr.kind != "lognorm":
-        raise SystemExit(f"{run_dir}: the run's matrix holds {expr.kind} values; need counts or log-normalised")
+        raise SystemExit(
+            f"{run_dir}: the run's matrix holds {expr.kind} values; need counts or log-normalised"
+        )
     train, test = split["train"], split["test"]
     tr = adata[train].copy()
     n_top = min(n_hvg, adata.n_vars)
@@ -74,7 +76,9 @@ def baseline(run_dir: Path, n_hvg: int = 2000, seed: int = 0) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     pred = clf.predict(scaler.transform(Xte))
     labels = list(range(len(classes)))
-    _, _, f1, _ = skm.precision_recall_fscore_support(yte, pred, labels=labels, average="macro", zero_division=0)
+    _, _, f1, _ = skm.precision_recall_fscore_support(
+        yte, pred, labels=labels, average="macro", zero_division=0
+    )
     return {
         "dataset": cell_label(recipe["data"]["path"]),
         "data_path": recipe["data"]["path"],
@@ -93,7 +97,9 @@ def baseline(run_dir: Path, n_hvg: int = 2000, seed: int = 0) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dirs", nargs="+", help="sctune run directories (their split.json is reused)")
+    ap.add_argument(
+        "run_dirs", nargs="+", help="sctune run directories (their split.json is reused)"
+    )
     ap.add_argument("--n-hvg", type=int, default=2000)
     ap.add_argument("--out", help="write the JSON (keyed by dataset) here")
     args = ap.parse_args(argv)
@@ -101,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.run_dirs:
         res = baseline(Path(d), n_hvg=args.n_hvg)
         out[res["dataset"]] = res
-        print(f"{res['dataset']}: accuracy {res['accuracy']:.4f}  balanced {res['balanced_accuracy']:.4f}  "
-              f"macro F1 {res['macro_f1']:.4f}  ({res['n_hvg']} genes, {res['n_train']} train / {res['n_test']} test)")
+        print(
+            f"{res['dataset']}: accuracy {res['accuracy']:.4f}  balanced {res['balanced_accuracy']:.4f}  "
+            f"macro F1 {res['macro_f1']:.4f}  ({res['n_hvg']} genes, {res['n_train']} train / {res['n_test']} test)"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import read_rows  # noqa: E402
+from grid import read_rows
 
-METHOD_ORDER = ["zero_shot", "head", "full", "gene_token_prompt", "gene_encoder_prompt",
-                "prefix_prompt", "lora"]
+METHOD_ORDER = [
+    "zero_shot",
+    "head",
+    "full",
+    "gene_token_prompt",
+    "gene_encoder_prompt",
+    "prefix_prompt",
+    "lora",
+]
 
 
 def _fmt_int(v: Any) -> str:
@@ -57,10 +64,14 @@ def render(rows: list[dict[str, Any]], baselines: dict[str, Any] | None = None) 
     for ds in datasets:
         sub = sorted((r for r in ok if r["dataset"] == ds), key=_method_key)
         n = sub[0].get("n_cells") or {}
-        out.append(f"### {ds} ({n.get('train', '?')} train / {n.get('valid', '?')} valid / "
-                   f"{n.get('test', '?')} test cells)\n")
-        out.append("| method | trainable params | accuracy | balanced accuracy | macro F1 | "
-                   "training time (s) | wall time (s) | epochs | peak memory (MB) |")
+        out.append(
+            f"### {ds} ({n.get('train', '?')} train / {n.get('valid', '?')} valid / "
+            f"{n.get('test', '?')} test cells)\n"
+        )
+        out.append(
+            "| method | trainable params | accuracy | balanced accuracy | macro F1 | "
+            "training time (s) | wall time (s) | epochs | peak memory (MB) |"
+        )
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in sub:
             mem = _fmt_float(r.get("peak_rss_mb"), 0)

@@ -36,7 +36,9 @@ WHOLE_HUMAN = {"embsize": 512, "nheads": 8, "d_hid": 512, "nlayers": 12, "vocab"
 SMALL = {"embsize": 32, "nheads": 2, "d_hid": 64, "nlayers": 2, "vocab": 2_000}
 
 
-def build(method: str, shape: dict[str, int], workdir: Path, n_classes: int, dropout: float) -> Any:
+def build(
+    method: str, shape: dict[str, int], workdir: Path, n_classes: int, dropout: float
+) -> Any:
     """Backbone + adapter + head through sctune's own registry and assembly."""
     import numpy as np
 
@@ -48,11 +50,17 @@ def build(method: str, shape: dict[str, int], workdir: Path, n_classes: int, dro
     path = workdir / "vocab.json"
     path.write_text(json.dumps(vocab))
     backbone = registry.instance("backbone", "scgpt")
-    bcfg = backbone.config_cls.model_validate({
-        "vocab": str(path), "embsize": shape["embsize"], "nheads": shape["nheads"],
-        "d_hid": shape["d_hid"], "nlayers": shape["nlayers"], "dropout": dropout,
-        "attention_dropout": 0.0,
-    })
+    bcfg = backbone.config_cls.model_validate(
+        {
+            "vocab": str(path),
+            "embsize": shape["embsize"],
+            "nheads": shape["nheads"],
+            "d_hid": shape["d_hid"],
+            "nlayers": shape["nlayers"],
+            "dropout": dropout,
+            "attention_dropout": 0.0,
+        }
+    )
     adapter = registry.instance("adapter", method)
     acfg = adapter.config_cls.model_validate({})
     task = registry.instance("task", "cell_type")
@@ -74,7 +82,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     shape = SMALL if args.small else WHOLE_HUMAN
     with tempfile.TemporaryDirectory() as tmp:
-        asm, task, prepared, tcfg = build(args.method, shape, Path(tmp), args.classes, args.dropout)
+        asm, task, prepared, tcfg = build(
+            args.method, shape, Path(tmp), args.classes, args.dropout
+        )
     model = asm.model.to(device)
     model.train()
     n_train = sum(p.numel() for p in asm.trainable.values())
@@ -85,13 +95,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     gene_ids[:, 0] = shape["vocab"] + 1  # <cls> (appended after the genes: <pad>, <cls>, <eoc>)
     values = torch.randint(1, 51, (b, L), generator=g).float()
     values[:, 0] = 0.0
-    batch = {"gene_ids": gene_ids.to(device), "values": values.to(device),
-             "padding_mask": torch.zeros(b, L, dtype=torch.bool, device=device)}
+    batch = {
+        "gene_ids": gene_ids.to(device),
+        "values": values.to(device),
+        "padding_mask": torch.zeros(b, L, dtype=torch.bool, device=device),
+    }
     y = torch.randint(0, args.classes, (b,), generator=g).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=1e-4) if args.optimizer_step else None
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.precision)
-    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" and device.type == "cuda" else None
+    scaler = (
+        torch.amp.GradScaler("cuda")
+        if args.precision == "fp16" and device.type == "cuda"
+        else None
+    )
     cuda = device.type == "cuda"
 
     def step() -> None:
@@ -125,12 +142,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         times.append(time.perf_counter() - start)
     med = statistics.median(times)
     return {
-        "method": args.method, "device": str(device),
+        "method": args.method,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "precision": args.precision, "batch": b, "seq": L, "shape": shape,
-        "trainable_params": n_train, "total_params": n_total,
-        "median_step_s": med, "min_step_s": min(times), "max_step_s": max(times),
-        "repeats": args.repeats, "cells_per_s": b / med,
+        "precision": args.precision,
+        "batch": b,
+        "seq": L,
+        "shape": shape,
+        "trainable_params": n_train,
+        "total_params": n_total,
+        "median_step_s": med,
+        "min_step_s": min(times),
+        "max_step_s": max(times),
+        "repeats": args.repeats,
+        "cells_per_s": b / med,
         "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
         "torch": torch.__version__,
     }
@@ -138,10 +163,30 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_one(args: argparse.Namespace, method: str) -> dict[str, Any]:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(out), "--method", method,
-           "--device", args.device, "--precision", args.precision, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-           "--classes", str(args.classes), "--dropout", str(args.dropout)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(out),
+        "--method",
+        method,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--classes",
+        str(args.classes),
+        "--dropout",
+        str(args.dropout),
+    ]
     cmd += ["--small"] * args.small + ["--optimizer-step"] * args.optimizer_step
     cmd += ["--threads", str(args.threads)] if args.threads else []
     proc = subprocess.Popen(cmd)
@@ -159,33 +204,58 @@ def table(rows: list[dict[str, Any]]) -> str:
     full = next((r for r in rows if r.get("method") == "full" and "error" not in r), None)
     mem_key = "peak_cuda_mb" if full and full.get("peak_cuda_mb") else "peak_rss_mb"
     mem_name = "peak CUDA MB" if mem_key == "peak_cuda_mb" else "peak RSS MB"
-    lines = [f"| method | trainable params | cells/s (median) | x full | {mem_name} | x full |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| method | trainable params | cells/s (median) | x full | {mem_name} | x full |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | – | {r['error']} | – | – | – |")
             continue
         speed = f"{r['cells_per_s'] / full['cells_per_s']:.2f}" if full else "–"
         mem = f"{r[mem_key] / full[mem_key]:.2f}" if full and full.get(mem_key) else "–"
-        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['cells_per_s']:.1f} | {speed} | "
-                     f"{r[mem_key]:.0f} | {mem} |")
+        lines.append(
+            f"| {r['method']} | {r['trainable_params']:,} | {r['cells_per_s']:.1f} | {speed} | "
+            f"{r[mem_key]:.0f} | {mem} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--small", action="store_true", help="tiny model, seq 128, batch 4 (CPU check)")
+    ap.add_argument(
+        "--small", action="store_true", help="tiny model, seq 128, batch 4 (CPU check)"
+    )
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
-    ap.add_argument("--precision", default=None, choices=["32", "fp16", "bf16"],
-                    help="autocast dtype (default: fp16 on cuda like recipes' 16-mixed, 32 on cpu)")
-    ap.add_argument("--batch", type=int, default=None, help="cells per step (default 8; --small 4)")
-    ap.add_argument("--seq", type=int, default=None, help="tokens per cell incl. <cls> (default 1200; --small 128)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps (default 20; --small 5)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; --small 1)")
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=["32", "fp16", "bf16"],
+        help="autocast dtype (default: fp16 on cuda like recipes' 16-mixed, 32 on cpu)",
+    )
+    ap.add_argument(
+        "--batch", type=int, default=None, help="cells per step (default 8; --small 4)"
+    )
+    ap.add_argument(
+        "--seq",
+        type=int,
+        default=None,
+        help="tokens per cell incl. <cls> (default 1200; --small 128)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed steps (default 20; --small 5)"
+    )
+    ap.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps first (default 3; --small 1)"
+    )
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--dropout", type=float, default=0.2, help="backbone dropout (scGPT fine-tuning: 0.2)")
-    ap.add_argument("--optimizer-step", action="store_true", help="include an Adam step in each timed step")
+    ap.add_argument(
+        "--dropout", type=float, default=0.2, help="backbone dropout (scGPT fine-tuning: 0.2)"
+    )
+    ap.add_argument(
+        "--optimizer-step", action="store_true", help="include an Adam step in each timed step"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", help="write all rows here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -211,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{m}: FAILED ({r['error']})", flush=True)
         else:
-            print(f"{m}: {r['cells_per_s']:.1f} cells/s (median of {r['repeats']}), "
-                  f"peak CUDA {r['peak_cuda_mb'] or 0:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"{m}: {r['cells_per_s']:.1f} cells/s (median of {r['repeats']}), "
+                f"peak CUDA {r['peak_cuda_mb'] or 0:.0f} MB, peak RSS {r['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     ok = next((r for r in rows if "error" not in r), {})
-    print(f"\nscGPT {'small' if args.small else 'whole-human'} size, random init, batch {args.batch} x "
-          f"seq {args.seq}, {args.precision}, {ok.get('device_name', args.device)}, torch {ok.get('torch')}; "
-          f"forward+backward{' + Adam step' if args.optimizer_step else ''}\n")
+    print(
+        f"\nscGPT {'small' if args.small else 'whole-human'} size, random init, batch {args.batch} x "
+        f"seq {args.seq}, {args.precision}, {ok.get('device_name', args.device)}, torch {ok.get('torch')}; "
+        f"forward+backward{' + Adam step' if args.optimizer_step else ''}\n"
+    )
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
