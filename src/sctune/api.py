@@ -80,14 +80,13 @@ def validate(
         split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
         pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
         backbone = registry.instance("backbone", rec.backbone.name)
-        genes = _genes_for_match(data.expression)
         if _needs_resolve(rec):
             report["info"].append(
                 "gene match: vocabulary is built from the data's genes (random initialisation)"
             )
         else:
             report["info"].append(
-                "gene match: " + backbone.gene_match(genes, rec.backbone.config).summary()
+                "gene match: " + best_gene_match(backbone, data.expression, rec.backbone.config)
             )
         report["info"] += [
             f"data: {data.expression.n_cells} cells x {len(data.expression.genes)} genes, "
@@ -100,8 +99,20 @@ def validate(
     return report
 
 
-def _genes_for_match(expr: Any) -> list[str]:
-    return list(expr.genes)
+def best_gene_match(backbone: Any, expr: Any, config: Any) -> str:
+    """The vocabulary match of the best identifier column (var_names / gene_column, the symbol
+    column, the Ensembl id column), as backbones' tokenizers also pick the column that maps best."""
+    columns = [("identifiers", expr.genes), ("symbol column", expr.gene_symbols),
+               ("Ensembl id column", expr.gene_ids)]
+    best = None
+    for label, genes in columns:
+        if genes is None:
+            continue
+        match = backbone.gene_match(list(genes), config)
+        if best is None or match.n_matched > best[1].n_matched:
+            best = (label, match)
+    assert best is not None
+    return f"{best[1].summary()} (from the data's {best[0]})"
 
 
 def _needs_resolve(rec: Any) -> bool:

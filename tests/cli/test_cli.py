@@ -196,3 +196,16 @@ def test_run_directory_exists(cli, write_recipe, tmp_path: Path) -> None:
     result = cli("run", write_recipe(), "-q")
     assert result.code == 2 and "already exists and is not empty" in result.err
     assert (tmp_path / "run" / "keep.txt").read_text() == "x"
+
+
+def test_validate_reports_gene_match_from_the_symbol_column(cli, shared_data) -> None:  # noqa: ANN001
+    """Zheng has Ensembl var_names and symbols in var['gene_symbol']: scGPT matches via symbols."""
+    vocab = shared_data / "vocab" / "scgpt_census_vocab.json"
+    result = cli(
+        "validate",
+        "quickstart",
+        f"data.path={shared_data / 'zheng_sorted_pbmc_facs.h5ad'}",
+        f"backbone.vocab={vocab}",
+    )
+    assert result.code == 0, result
+    assert "(88.0%)" in result.out and "symbol column" in result.out

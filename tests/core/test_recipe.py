@@ -133,3 +133,11 @@ def test_shipped_recipes_validate(registry) -> None:
         text = shipped[name].read_text()
         assert text.startswith("#") and "sctune run" in text  # header with the run command
     assert find_recipe("quickstart", registry.recipe_dirs()) == shipped["quickstart"]
+
+
+def test_malformed_yaml_override_is_a_recipe_error() -> None:
+    from sctune.core.errors import RecipeError
+    from sctune.core.recipe import apply_overrides
+
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        apply_overrides({"adapter": {"name": "lora"}}, ["adapter={name:", "lora}"])

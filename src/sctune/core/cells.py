@@ -67,6 +67,19 @@ def looks_like_ensembl(genes: Sequence[str], *, threshold: float = 0.5) -> bool:
     return hits / len(genes) >= threshold
 
 
+def looks_like_mouse_symbols(genes: Sequence[str], *, threshold: float = 0.5) -> bool:
+    """True when most identifiers are Title-case symbols (``Cd3e``, ``Ms4a1``), as in mouse data.
+
+    Human HGNC symbols are upper case; matching mouse symbols case-insensitively onto a human
+    vocabulary would silently pair orthologues by spelling, so backbones refuse to.
+    """
+    sample = [str(g) for g in list(genes)[:500] if str(g)[:1].isalpha()]
+    if not sample:
+        return False
+    hits = sum(1 for g in sample if g[:1].isupper() and any(c.islower() for c in g[1:]))
+    return hits / len(sample) >= threshold
+
+
 @dataclass(frozen=True)
 class GeneMatch:
     """How the data's genes map onto a backbone vocabulary (reported by preflight)."""

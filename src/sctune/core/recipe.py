@@ -275,7 +275,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             problems.append(f"override '{item}': expected dotted.key=value, e.g. trainer.epochs=5")
             continue
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text != "" else None
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            problems.append(
+                f"override '{item}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                "quote the whole override in the shell, e.g. 'adapter={name: lora}'"
+            )
+            continue
         node: Any = out
         parts = key.strip().split(".")
         for part in parts[:-1]:

@@ -166,3 +166,22 @@ def test_refusals(tiny_v1, backbone, make_config, make_expr, genes, random_count
     empty[1] = 0
     with pytest.raises(DataError, match="1 cells express no gene"):
         backbone.tokenize(make_expr(empty, genes), cfg, seed=0)
+
+
+def test_mouse_symbols_never_map_case_insensitively(backbone, shared_data):
+    """'Cd3e' must not be paired with human 'CD3E' by spelling (real V1 dictionaries)."""
+    vocab = shared_data / "vocab"
+    cfg = backbone.config_cls(
+        hidden_size=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        token_dictionary=str(vocab / "geneformer_v1_token_dictionary.json"),
+        gene_median_dictionary=str(vocab / "geneformer_v1_gene_median_dictionary.json"),
+        gene_name_id_dict=str(vocab / "geneformer_v1_gene_name_id_dict.json"),
+    )
+    human = ["CD3E", "CD4", "MS4A1", "LYZ", "NKG7", "GNLY"]
+    mouse = ["Cd3e", "Cd4", "Ms4a1", "Lyz2", "Nkg7", "Gzma"]
+    assert backbone.gene_match(human, cfg).n_matched == 6
+    assert backbone.gene_match(mouse, cfg).n_matched == 0

@@ -13,7 +13,7 @@ from sctune.backbones.geneformer.dictionaries import (
     write_json,
 )
 from sctune.backbones.geneformer.tokenizer import TARGET_SUM, _strip_version
-from sctune.core.cells import Expression, looks_like_ensembl
+from sctune.core.cells import Expression, looks_like_ensembl, looks_like_mouse_symbols
 
 
 def _data_ids(genes: Sequence[str], name_map_path: str | None) -> list[str]:
@@ -28,8 +28,11 @@ def _column_ids(genes: Sequence[str], name_map_path: str | None) -> list[str]:
         ids = [_strip_version(g) for g in genes]
     elif name_map_path:
         name_map = load_string_map(name_map_path, what="gene name id dict")
-        upper = {k.upper(): v for k, v in name_map.items()}
-        ids = [name_map.get(g) or upper.get(g.upper()) or g for g in genes]
+        if looks_like_mouse_symbols(genes):  # exact only, as the tokenizer does
+            ids = [name_map.get(g) or g for g in genes]
+        else:
+            upper = {k.upper(): v for k, v in name_map.items()}
+            ids = [name_map.get(g) or upper.get(g.upper()) or g for g in genes]
     else:
         ids = genes
     return ids

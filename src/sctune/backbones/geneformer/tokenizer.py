@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from sctune.core.cells import GeneMatch, looks_like_ensembl
+from sctune.core.cells import GeneMatch, looks_like_ensembl, looks_like_mouse_symbols
 from sctune.core.errors import CheckpointError, DataError
 
 TARGET_SUM = 1e4
@@ -80,8 +80,12 @@ def map_columns(
         ids = [_strip_version(str(g)) if str(g) else None for g in gene_ids]
         via, namespace = "the Ensembl id column beside the symbols", "ensembl"
     elif vocab.name_to_id:
-        upper = {k.upper(): v for k, v in vocab.name_to_id.items()}
-        ids = [vocab.name_to_id.get(g) or upper.get(g.upper()) for g in genes]
+        if looks_like_mouse_symbols(genes):  # never pair mouse genes with human ones by spelling
+            ids = [vocab.name_to_id.get(g) for g in genes]
+            notes.append("identifiers look like mouse symbols: matched exactly, not case-insensitively")
+        else:
+            upper = {k.upper(): v for k, v in vocab.name_to_id.items()}
+            ids = [vocab.name_to_id.get(g) or upper.get(g.upper()) for g in genes]
         n_mapped = sum(i is not None for i in ids)
         via, namespace = "symbol -> ensembl map (gene_name_id_dict)", "ensembl"
         notes.append(f"{n_mapped:,} of {len(genes):,} symbols have an Ensembl id in the name map")
@@ -122,10 +126,9 @@ def require_match(match: GeneMatch, genes: Sequence[str], minimum: float) -> Non
     """Raise :class:`DataError` when no gene, or too few, map to the vocabulary."""
     examples = ", ".join(f"'{g}'" for g in list(genes)[:5])
     if match.n_matched == 0:
-        mouse = any(str(g).upper().startswith("ENSMUSG") for g in genes[:50]) or (
-            sum(1 for g in genes[:200] if str(g)[:1].isupper() and str(g)[1:].islower())
-            > 0.5 * min(len(genes), 200)
-        )
+        mouse = any(
+            str(g).upper().startswith("ENSMUSG") for g in genes[:50]
+        ) or looks_like_mouse_symbols(genes)
         raise DataError(
             f"backbone 'geneformer': none of the {len(genes):,} genes ({examples}, ...) map to the "
             f"{match.vocabulary_size:,}-token vocabulary via {match.via}",
