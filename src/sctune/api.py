@@ -102,8 +102,11 @@ def validate(
 def best_gene_match(backbone: Any, expr: Any, config: Any) -> str:
     """The vocabulary match of the best identifier column (var_names / gene_column, the symbol
     column, the Ensembl id column), as backbones' tokenizers also pick the column that maps best."""
-    columns = [("identifiers", expr.genes), ("symbol column", expr.gene_symbols),
-               ("Ensembl id column", expr.gene_ids)]
+    columns = [
+        ("identifiers", expr.genes),
+        ("symbol column", expr.gene_symbols),
+        ("Ensembl id column", expr.gene_ids),
+    ]
     best = None
     for label, genes in columns:
         if genes is None:

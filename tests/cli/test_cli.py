@@ -198,7 +198,7 @@ def test_run_directory_exists(cli, write_recipe, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "keep.txt").read_text() == "x"
 
 
-def test_validate_reports_gene_match_from_the_symbol_column(cli, shared_data) -> None:  # noqa: ANN001
+def test_validate_reports_gene_match_from_the_symbol_column(cli, shared_data) -> None:
     """Zheng has Ensembl var_names and symbols in var['gene_symbol']: scGPT matches via symbols."""
     vocab = shared_data / "vocab" / "scgpt_census_vocab.json"
     result = cli(

@@ -82,7 +82,9 @@ def map_columns(
     elif vocab.name_to_id:
         if looks_like_mouse_symbols(genes):  # never pair mouse genes with human ones by spelling
             ids = [vocab.name_to_id.get(g) for g in genes]
-            notes.append("identifiers look like mouse symbols: matched exactly, not case-insensitively")
+            notes.append(
+                "identifiers look like mouse symbols: matched exactly, not case-insensitively"
+            )
         else:
             upper = {k.upper(): v for k, v in vocab.name_to_id.items()}
             ids = [vocab.name_to_id.get(g) or upper.get(g.upper()) for g in genes]
