@@ -127,7 +127,7 @@ def test_unmatched_genes_dropped_and_threshold(h, config):
 
 
 def test_scaled_data_refused(h, config):
-    with pytest.raises(DataError, match="(?s)cannot use scaled expression.*adata.raw"):
+    with pytest.raises(DataError, match="(?s)cannot use scaled expression.*data.source=raw"):
         ScGPTBackbone().tokenize(h.make_expression(kind="scaled"), config, seed=0)
 
 

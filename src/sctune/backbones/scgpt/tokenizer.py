@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from scipy import sparse
 
-from sctune.core.cells import Expression, GeneMatch, TokenizedCells, looks_like_ensembl
+from sctune.core.cells import (
+    Expression,
+    GeneMatch,
+    TokenizedCells,
+    looks_like_ensembl,
+    looks_like_mouse_symbols,
+)
 from sctune.core.errors import DataError
 
 SPECIAL_PREFIX = "<"
@@ -83,10 +89,16 @@ def check_match(
             "  set data.gene_column to a var column with HGNC symbols (e.g. 'gene_symbols')"
         )
     what = "no gene" if not match.n_matched else f"only {match.fraction:.1%} of genes"
+    hint = (
+        "these look like mouse symbols; scGPT's whole-human vocabulary holds human HGNC symbols"
+        if looks_like_mouse_symbols(genes)
+        else None
+    )
     raise DataError(
         f"backbone 'scgpt': {what} found in the vocabulary ({match.summary()})\n"
         f"  the minimum is backbone.min_gene_match={min_fraction}\n"
-        "  check data.gene_column (HGNC symbols expected) or lower backbone.min_gene_match"
+        "  check data.gene_column (HGNC symbols expected) or lower backbone.min_gene_match",
+        hint=hint,
     )
 
 
@@ -96,8 +108,8 @@ def normalise(X: sparse.csr_matrix, kind: str) -> sparse.csr_matrix:
         raise DataError(
             "backbone 'scgpt' cannot use scaled expression (negative values): binning needs "
             "non-negative counts or log-normalised values\n"
-            "  point data at raw counts: adata.raw, a counts layer (data.layer), or the "
-            "unscaled matrix"
+            "  point data at raw counts or log-normalised values: data.source=raw, "
+            "data.source=layer:<name>, or the unscaled matrix"
         )
     X = sparse.csr_matrix(X, dtype=np.float64, copy=True)
     if kind == "counts":
