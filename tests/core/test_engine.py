@@ -163,3 +163,36 @@ def test_moved_run_directory_still_predicts(
     out = api.predict(moved, tiny_h5ad, tmp_path / "p.h5ad", registry=toy_registry)
     got, want = ad.read_h5ad(out), ad.read_h5ad(moved / A.PREDICTIONS)
     np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5)
+
+
+def test_tensorboard_log_and_hooks(toy_registry, tmp_path: Path, tiny_h5ad: Path) -> None:
+    """trainer.tensorboard writes event files; before_run / after_epoch / after_run hooks fire."""
+    pytest.importorskip("tensorboard")
+    from sctune import hookimpl
+
+    seen: list[str] = []
+
+    class Tracker:
+        @hookimpl
+        def sctune_before_run(self, run) -> None:
+            seen.append("before")
+
+        @hookimpl
+        def sctune_after_epoch(self, run, epoch, metrics) -> None:
+            assert "valid/loss" in metrics
+            seen.append(f"epoch{epoch}")
+
+        @hookimpl
+        def sctune_after_run(self, run, result) -> None:
+            seen.append("after")
+
+    registry = testing.registry_with(testing.ToyBackbone, Tracker())
+    rec = testing.example_recipe(
+        registry, "toy", "gene_token_prompt", tmp_path, tiny_h5ad, epochs=2
+    )
+    rec["trainer"]["tensorboard"] = True
+    result = api.run(rec, registry=registry, progress=False, log=lambda m: None)
+    assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert seen == ["before", "epoch0", "epoch1", "after"]
+    lines = (result.run_dir / A.TRAIN_LOG).read_text().splitlines()
+    assert len(lines) == 2
