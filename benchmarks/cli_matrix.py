@@ -23,14 +23,29 @@ RECIPES = {
     "geneformer": "geneformer/small_lora_cell_type",
     "scbert": "scbert/small_gene_token_prompt_cell_type",
 }
-METHODS = ["full", "head", "zero_shot", "gene_token_prompt", "gene_encoder_prompt",
-           "prefix_prompt", "lora"]
+METHODS = [
+    "full",
+    "head",
+    "zero_shot",
+    "gene_token_prompt",
+    "gene_encoder_prompt",
+    "prefix_prompt",
+    "lora",
+]
 DATASETS = {
     "pbmc68k_reduced (counts)": "../shared/data/pbmc68k_reduced_counts.h5ad",
     "pbmc3k_seurat_labeled": "../shared/data/pbmc3k_seurat_labeled.h5ad",
 }
-FILES = ["adapter.safetensors", "head.safetensors", "adapter.json", "metrics.json",
-         "predictions.h5ad", "split.json", "confusion_matrix.png", "umap.png"]
+FILES = [
+    "adapter.safetensors",
+    "head.safetensors",
+    "adapter.json",
+    "metrics.json",
+    "predictions.h5ad",
+    "split.json",
+    "confusion_matrix.png",
+    "umap.png",
+]
 
 
 def main() -> None:
@@ -44,15 +59,29 @@ def main() -> None:
         for dname, dpath in DATASETS.items():
             for method in METHODS:
                 run_dir = args.out / f"{backbone}-{method}-{Path(dpath).stem}"
-                cmd = ["sctune", "run", recipe, "-q", f"adapter={{name: {method}}}",
-                       f"data.path={dpath}", f"data.max_cells={args.max_cells}",
-                       f"trainer.epochs={args.epochs}", f"output.dir={run_dir}",
-                       "output.overwrite=true", "data.min_class_cells=1"]
+                cmd = [
+                    "sctune",
+                    "run",
+                    recipe,
+                    "-q",
+                    f"adapter={{name: {method}}}",
+                    f"data.path={dpath}",
+                    f"data.max_cells={args.max_cells}",
+                    f"trainer.epochs={args.epochs}",
+                    f"output.dir={run_dir}",
+                    "output.overwrite=true",
+                    "data.min_class_cells=1",
+                ]
                 start = time.perf_counter()
                 run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
                 seconds = time.perf_counter() - start
-                row = {"backbone": backbone, "dataset": dname, "method": method,
-                       "run_exit": run.returncode, "seconds": round(seconds, 1)}
+                row = {
+                    "backbone": backbone,
+                    "dataset": dname,
+                    "method": method,
+                    "run_exit": run.returncode,
+                    "seconds": round(seconds, 1),
+                }
                 if run.returncode == 0:
                     m = json.loads((run_dir / "metrics.json").read_text())
                     row["accuracy"] = m["test"]["accuracy"]
@@ -60,8 +89,12 @@ def main() -> None:
                     row["files_ok"] = all((run_dir / f).is_file() for f in FILES)
                     out = run_dir.parent / f"{run_dir.name}.annotated.h5ad"
                     out.unlink(missing_ok=True)
-                    pred = subprocess.run(["sctune", "predict", str(run_dir), dpath, "-o", str(out)],
-                                          capture_output=True, text=True, cwd=ROOT)
+                    pred = subprocess.run(
+                        ["sctune", "predict", str(run_dir), dpath, "-o", str(out)],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                    )
                     row["predict_exit"] = pred.returncode
                 else:
                     row["error"] = (run.stderr or run.stdout).strip().splitlines()[-3:]
@@ -90,8 +123,10 @@ def write_markdown(rows: list[dict], args: argparse.Namespace) -> None:
         pred = {0: "ok", None: "-"}.get(r.get("predict_exit"), f"exit {r.get('predict_exit')}")
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "-"
         trainable = f"{r['trainable']:,}" if "trainable" in r else "-"
-        lines.append(f"| {r['backbone']} | {r['dataset']} | {r['method']} | {ok} | {files} | "
-                     f"{pred} | {trainable} | {acc} | {r['seconds']} |")
+        lines.append(
+            f"| {r['backbone']} | {r['dataset']} | {r['method']} | {ok} | {files} | "
+            f"{pred} | {trainable} | {acc} | {r['seconds']} |"
+        )
     failed = [r for r in rows if r["run_exit"] != 0 or r.get("predict_exit") not in (0,)]
     lines += ["", f"{len(rows) - len(failed)} of {len(rows)} cells trained and reloaded."]
     for r in failed:
