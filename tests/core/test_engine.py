@@ -83,7 +83,6 @@ def test_audit_flags_dead_and_leaked_tensors() -> None:
     model[0].weight.grad = torch.ones_like(model[0].weight)
     leaked = audit_gradients(model)
     assert leaked.leaked == ["0.weight"]
-    assert "grad norm" in leaked.lines()[0]
 
 
 def test_tensor_round_trip(tmp_path: Path) -> None:

@@ -141,10 +141,16 @@ def inspect_cli(
             leaked=audit["leaked"],
             zero=audit["zero_at_first_step"],
         )
-        console.print("gradient audit (one batch):")
-        for line in ga.lines():
-            console.print("  " + line, highlight=False)
-        console.print("  result: " + ("ok" if ga.ok else "FAILED"))
+        grads = Table(title="gradient audit (one batch, before any step)")
+        for col in ("tensor", "shape", "grad norm"):
+            grads.add_column(
+                col, justify="right" if col == "grad norm" else "left", overflow="fold"
+            )
+        for r in ga.rows:
+            norm = "NONE" if r["grad_norm"] is None else f"{r['grad_norm']:.3e}"
+            grads.add_row(r["name"], "x".join(map(str, r["shape"])), norm)
+        console.print(grads)
+        console.print("gradient audit: " + ("ok" if ga.ok else "FAILED"))
         if not ga.ok:
             ga.raise_if_bad()
 

@@ -34,15 +34,6 @@ class GradientAudit:
             "tensors": self.rows,
         }
 
-    def lines(self, limit: int = 40) -> list[str]:
-        out = [f"{'tensor':<64} {'shape':<16} {'grad norm':>10}"]
-        for r in self.rows[:limit]:
-            norm = "NONE" if r["grad_norm"] is None else f"{r['grad_norm']:.3e}"
-            out.append(f"{r['name']:<64} {str(r['shape']):<16} {norm:>10}")
-        if len(self.rows) > limit:
-            out.append(f"... {len(self.rows) - limit} more tensors (all in gradient_audit.json)")
-        return out
-
     def raise_if_bad(self) -> None:
         if not self.ok:
             parts = []
