@@ -396,6 +396,37 @@ def reference_scgpt_class() -> type | None:
         sys.modules.update(saved)
 
 
+def reference_scgpt_model(
+    cls: type, vocab: dict[str, int], *, nlayers: int = 2, seed: int = 0
+) -> Any:
+    """A tiny reference ``TransformerModel`` (32 dims, 4 heads, d_hid 64) in eval mode, built as
+    backbones.md 1.5 says, with non-trivial LayerNorms and biases so parity checks bite."""
+    import torch
+
+    torch.manual_seed(seed)
+    ref = cls(
+        len(vocab),
+        32,
+        4,
+        64,
+        nlayers,
+        nlayers_cls=3,
+        n_cls=1,
+        vocab={"<pad>": vocab["<pad>"]},
+        dropout=0.0,
+        pad_token="<pad>",
+        pad_value=-2,
+        do_mvc=True,
+        input_emb_style="continuous",
+        use_fast_transformer=False,
+    )
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    return ref.eval()
+
+
 def __getattr__(name: str) -> Any:
     """``sctune.testing.ToyBackbone`` is built on first use (keeps this module torch-free)."""
     if name == "ToyBackbone":

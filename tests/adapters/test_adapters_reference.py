@@ -43,28 +43,7 @@ def reference(tmp_path_factory):
         pytest.skip("reference scgpt not installed (pip install --no-deps scgpt==0.2.4)")
     vocab = {g: i for i, g in enumerate(GENES)}
     vocab.update({"<pad>": len(GENES), "<cls>": len(GENES) + 1, "<eoc>": len(GENES) + 2})
-    torch.manual_seed(0)
-    ref = cls(
-        len(vocab),
-        32,
-        4,
-        64,
-        3,
-        nlayers_cls=3,
-        n_cls=1,
-        vocab={"<pad>": vocab["<pad>"]},
-        dropout=0.0,
-        pad_token="<pad>",
-        pad_value=-2,
-        do_mvc=True,
-        input_emb_style="continuous",
-        use_fast_transformer=False,
-    )
-    with torch.no_grad():  # non-trivial LayerNorms and biases
-        for name, p in ref.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    ref.eval()
+    ref = testing.reference_scgpt_model(cls, vocab, nlayers=3, seed=0)
     folder = tmp_path_factory.mktemp("scgpt_ref")
     state = {
         k.replace("self_attn.in_proj_", "self_attn.Wqkv."): v for k, v in ref.state_dict().items()

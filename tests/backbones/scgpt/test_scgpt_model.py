@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sctune import testing
 from sctune.backbones.scgpt.config import ScGPTConfig
 from sctune.backbones.scgpt.model import ScGPTEncoder
 from sctune.backbones.scgpt.plugin import ScGPTBackbone
@@ -16,28 +17,7 @@ from sctune.core.errors import CheckpointError
 
 
 def _reference(reference_cls, vocab):
-    torch.manual_seed(1)
-    ref = reference_cls(
-        len(vocab),
-        32,
-        4,
-        64,
-        2,
-        nlayers_cls=3,
-        n_cls=1,
-        vocab={"<pad>": vocab["<pad>"]},
-        dropout=0.0,
-        pad_token="<pad>",
-        pad_value=-2,
-        do_mvc=True,
-        input_emb_style="continuous",
-        use_fast_transformer=False,
-    )
-    with torch.no_grad():  # make LayerNorms and biases non-trivial
-        for name, p in ref.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    return ref.eval()
+    return testing.reference_scgpt_model(reference_cls, vocab, nlayers=2, seed=1)
 
 
 def _ref_outputs(ref, batch):
