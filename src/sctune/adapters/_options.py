@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+from pydantic import field_validator, model_validator
+
+from sctune.core.config import PluginConfig
 from sctune.core.errors import RecipeError
 
 LayerSpec = Literal["all", "first_half"] | list[int]
@@ -75,3 +78,19 @@ def select_layers(spec: LayerSpec, n_blocks: int, *, adapter: str) -> list[int]:
             hint="use 'all' or an explicit list of block indices",
         )
     return layers
+
+
+class AdapterOptions(PluginConfig):
+    """Base of the scPEFT adapters' options: fills :attr:`presets` and checks a ``layers`` list."""
+
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        return fill_preset(data, cls.presets)
+
+    @field_validator("layers", check_fields=False)
+    @classmethod
+    def _layers(cls, value: LayerSpec) -> LayerSpec:
+        return check_layer_list(value)

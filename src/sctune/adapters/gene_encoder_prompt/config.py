@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from sctune.adapters._options import (
     V2_LAYERS,
+    AdapterOptions,
     LayerSpec,
     PresetName,
-    check_layer_list,
-    fill_preset,
 )
-from sctune.core.config import PluginConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {},  # field defaults = scPEFT v1 (preprint Table 3): Space + MLP, blocks 0-5
@@ -21,8 +19,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class GeneEncoderPromptConfig(PluginConfig):
+class GeneEncoderPromptConfig(AdapterOptions):
     """Per-block bottleneck adapters (scPEFT v1 defaults: Space + MLP on the first half)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: PresetName = Field(
         "v1",
@@ -55,13 +55,3 @@ class GeneEncoderPromptConfig(PluginConfig):
         description="zero every adapter's up-projection so the adapted model starts exactly at "
         "the backbone (scPEFT uses the default Linear init)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, data: Any) -> Any:
-        return fill_preset(data, PRESETS)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value: LayerSpec) -> LayerSpec:
-        return check_layer_list(value)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from sctune.adapters._options import PresetName, fill_preset
-from sctune.core.config import PluginConfig
+from sctune.adapters._options import AdapterOptions, PresetName
 
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {},  # field defaults = scPEFT v1 (preprint Table 3)
@@ -15,8 +14,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class GeneTokenPromptConfig(PluginConfig):
+class GeneTokenPromptConfig(AdapterOptions):
     """Residual bottleneck adapter on the backbone's input embedding (scPEFT v1 defaults)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: PresetName = Field(
         "v1",
@@ -34,8 +35,3 @@ class GeneTokenPromptConfig(PluginConfig):
         description="zero the up-projection so the adapted model starts exactly at the backbone "
         "(scPEFT uses the default Linear init, so the model differs at step 0)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, data: Any) -> Any:
-        return fill_preset(data, PRESETS)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from sctune.adapters._options import (
     V2_LAYERS,
+    AdapterOptions,
     LayerSpec,
     PresetName,
-    check_layer_list,
-    fill_preset,
 )
-from sctune.core.config import PluginConfig
 
 Target = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 
@@ -23,8 +21,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class LoRAConfig(PluginConfig):
+class LoRAConfig(AdapterOptions):
     """Low-rank updates on chosen projections (scPEFT v1 defaults: r 8, alpha 1, Q and V)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: PresetName = Field(
         "v1",
@@ -62,11 +62,6 @@ class LoRAConfig(PluginConfig):
         "(same outputs, no low-rank matmuls); training always runs unmerged",
     )
 
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, data: Any) -> Any:
-        return fill_preset(data, PRESETS)
-
     @field_validator("targets")
     @classmethod
     def _targets(cls, value: list[str]) -> list[str]:
@@ -75,8 +70,3 @@ class LoRAConfig(PluginConfig):
         if len(set(value)) != len(value):
             raise ValueError(f"targets has duplicates: {value}")
         return value
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value: LayerSpec) -> LayerSpec:
-        return check_layer_list(value)

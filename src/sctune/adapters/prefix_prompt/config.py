@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from sctune.adapters._options import (
     V2_LAYERS,
+    AdapterOptions,
     LayerSpec,
     PresetName,
-    check_layer_list,
-    fill_preset,
 )
-from sctune.core.config import PluginConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {},  # field defaults = scPEFT v1/repro: 64 tokens on every block, zero init
@@ -21,8 +19,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class PrefixPromptConfig(PluginConfig):
+class PrefixPromptConfig(AdapterOptions):
     """Deep prompt tokens per block (scPEFT v1/repro defaults: 64 tokens, all blocks, zeros)."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
     preset: PresetName = Field(
         "v1",
@@ -46,13 +46,3 @@ class PrefixPromptConfig(PluginConfig):
         description="prompt initialisation: 'zeros' (scPEFT; not an identity, since zero tokens "
         "still receive attention) or 'normal' (std 0.02)",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, data: Any) -> Any:
-        return fill_preset(data, PRESETS)
-
-    @field_validator("layers")
-    @classmethod
-    def _layers(cls, value: LayerSpec) -> LayerSpec:
-        return check_layer_list(value)
