@@ -73,54 +73,16 @@ def validate(
     registry = registry or get_registry()
     rec = load(recipe, overrides, registry=registry)
     report: dict[str, Any] = {"recipe": rec.source, "warnings": [], "info": []}
-    if check_data:
-        from sctune.core.data import load_data, preflight_labels, split_cells
+    if check_data:  # every check 'sctune run' makes before it builds the model
+        import tempfile
 
-        data = load_data(rec.data, seed=rec.envelope.seed)
-        split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
-        pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
-        backbone = registry.instance("backbone", rec.backbone.name)
-        if _needs_resolve(rec):
-            report["info"].append(
-                "gene match: vocabulary is built from the data's genes (random initialisation)"
-            )
-        else:
-            report["info"].append(
-                "gene match: " + best_gene_match(backbone, data.expression, rec.backbone.config)
-            )
-        report["info"] += [
-            f"data: {data.expression.n_cells} cells x {len(data.expression.genes)} genes, "
-            f"{data.source} holds {data.expression.kind}",
-            *data.notes,
-            *pre.info,
-        ]
-        report["warnings"] += pre.warnings
-        pre.raise_errors()
+        from sctune.core.runner import prepare_inputs
+
+        with tempfile.TemporaryDirectory(prefix="sctune-validate-") as tmp:
+            inputs = prepare_inputs(rec, registry, Path(tmp))
+        report["info"] += inputs.info
+        report["warnings"] += inputs.warnings
     return report
-
-
-def best_gene_match(backbone: Any, expr: Any, config: Any) -> str:
-    """The vocabulary match of the best identifier column (var_names / gene_column, the symbol
-    column, the Ensembl id column), as backbones' tokenizers also pick the column that maps best."""
-    columns = [
-        ("identifiers", expr.genes),
-        ("symbol column", expr.gene_symbols),
-        ("Ensembl id column", expr.gene_ids),
-    ]
-    best = None
-    for label, genes in columns:
-        if genes is None:
-            continue
-        match = backbone.gene_match(list(genes), config)
-        if best is None or match.n_matched > best[1].n_matched:
-            best = (label, match)
-    assert best is not None
-    return f"{best[1].summary()} (from the data's {best[0]})"
-
-
-def _needs_resolve(rec: Any) -> bool:
-    cfg = rec.backbone.config
-    return getattr(cfg, "checkpoint", "x") is None and getattr(cfg, "vocab", "x") is None
 
 
 def run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,82 @@ def _components(rec: Any, registry: Any) -> tuple[Any, list[tuple[Any, Any]], An
     return backbone, adapters, task
 
 
+@dataclass
+class Inputs:
+    """Everything a run needs before the model is built: data, split, resolved backbone options,
+    tokens and the task's state. :func:`prepare_inputs` makes it for ``sctune run`` and
+    ``sctune validate`` alike, so validate refuses exactly what run would refuse."""
+
+    backbone: Any
+    adapters: list[tuple[Any, Any]]
+    task: Any
+    data: Any
+    split: dict[str, np.ndarray]
+    bcfg: Any
+    tokens: Any
+    prepared: Any
+    targets: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+
+def prepare_inputs(
+    rec: Any, registry: Any, run_dir: Path, *, log: Callable[[str], None] = lambda m: None
+) -> Inputs:
+    """Load and check the data, split it, resolve the backbone, tokenize, prepare the task.
+
+    Messages go to ``log`` as they happen (``warning: ...`` for warnings) and are also returned.
+    Raises :class:`~sctune.core.errors.SctuneError` for anything that would stop the run.
+    """
+    seed = rec.envelope.seed
+    backbone, adapters, task = _components(rec, registry)
+    info: list[str] = []
+    warnings: list[str] = []
+
+    def say(line: str) -> None:
+        info.append(line)
+        log(line)
+
+    def warn(line: str) -> None:
+        warnings.append(line)
+        log(f"warning: {line}")
+
+    data = load_data(rec.data, seed=seed)
+    expr = data.expression
+    say(
+        f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})"
+    )
+    for note in data.notes:
+        say(f"  note: {note}")
+    split = split_cells(data.obs, data.labels, rec.data.split, seed=seed)
+    pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
+    for line in pre.info:
+        say(line)
+    for w in pre.warnings:
+        warn(w)
+    pre.raise_errors()
+    bcfg = resolve_config(
+        backbone,
+        rec.backbone.config,
+        genes=list(expr.genes),
+        run_dir=run_dir,
+        expression=_subset_expression(expr, split["train"]),
+    )
+    if getattr(bcfg, "checkpoint", "given") is None:
+        say(
+            f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
+            "numbers measure the architecture + adapter, not pretrained knowledge"
+        )
+    tokens = backbone.tokenize(expr, bcfg, seed=seed)
+    if tokens.gene_match is not None:
+        say(f"genes: {tokens.gene_match.summary()}")
+    prepared = task.prepare(data.labels, split, rec.task.config)
+    targets = task.targets(data.labels, prepared)
+    return Inputs(
+        backbone, adapters, task, data, split, bcfg, tokens, prepared, targets, warnings, info
+    )
+
+
 def execute(
     rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Callable[[str], None]
 ) -> Any:
@@ -37,16 +114,10 @@ def execute(
     np.random.seed(seed)
     if rec.trainer.num_threads:
         torch.set_num_threads(rec.trainer.num_threads)
-    backbone, adapters, task = _components(rec, registry)
-
-    data = load_data(rec.data, seed=seed)
-    expr = data.expression
-    log(
-        f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})"
-    )
-    for note in data.notes:
-        log(f"  note: {note}")
-    split = split_cells(data.obs, data.labels, rec.data.split, seed=seed)
+    inp = prepare_inputs(rec, registry, run_dir, log=log)
+    backbone, adapters, task = inp.backbone, inp.adapters, inp.task
+    data, split, bcfg, tokens = inp.data, inp.split, inp.bcfg, inp.tokens
+    prepared, targets, expr = inp.prepared, inp.targets, inp.data.expression
     write_split(
         run_dir / A.SPLIT,
         list(expr.cell_ids),
@@ -55,30 +126,6 @@ def execute(
         seed=seed,
         method=rec.data.split.method,
     )
-    pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
-    for line in pre.info:
-        log(line)
-    for w in pre.warnings:
-        log(f"warning: {w}")
-    pre.raise_errors()
-
-    bcfg = resolve_config(
-        backbone,
-        rec.backbone.config,
-        genes=list(expr.genes),
-        run_dir=run_dir,
-        expression=_subset_expression(expr, split["train"]),
-    )
-    if getattr(bcfg, "checkpoint", "given") is None:
-        log(
-            f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
-            "numbers measure the architecture + adapter, not pretrained knowledge"
-        )
-    tokens = backbone.tokenize(expr, bcfg, seed=seed)
-    if tokens.gene_match is not None:
-        log(f"genes: {tokens.gene_match.summary()}")
-    prepared = task.prepare(data.labels, split, rec.task.config)
-    targets = task.targets(data.labels, prepared)
 
     acc = make_accelerator(rec.trainer)
     asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
