@@ -116,6 +116,8 @@ def test_train_save_reload(
     options = backbone_options(backbone)
     if options is None:
         pytest.skip(f"backbone '{backbone}' provides no example_config")
+    if not REGISTRY.get("adapter", adapter).cls.trains:  # no fresh stem that would stay random
+        options = {**options, **REGISTRY.get("backbone", backbone).cls.parameter_free_options}
     rec = _recipe(backbone, adapter, options, tiny_h5ad, tmp_path / "run")
     result = api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None)
 
@@ -199,3 +201,35 @@ def test_one_run_writes_the_plots(backbone_options, tiny_h5ad: Path, tmp_path: P
     assert result.metrics["train"]["epochs_run"] == 2
     log = (result.run_dir / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 2
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        b
+        for b in REGISTRY.names("backbone")
+        if REGISTRY.get("backbone", b).cls.parameter_free_options
+    ],
+)
+def test_zero_shot_refuses_an_untrained_pooling_stem(
+    backbone: str, backbone_options, tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    """zero_shot trains nothing, so it must not embed through a freshly initialised stem."""
+    cls = REGISTRY.get("backbone", backbone).cls
+    options = backbone_options(backbone)
+    if options is None:
+        pytest.skip(f"backbone '{backbone}' provides no example_config")
+    key = next(iter(cls.parameter_free_options))
+    choices = cls.config_cls.model_fields[key].annotation.__args__
+    fresh = [c for c in choices if c != cls.parameter_free_options[key]]
+    refused = 0
+    for value in fresh:  # some of the other choices have a fresh stem: those must be refused
+        rec = _recipe(backbone, "zero_shot", {**options, key: value}, tiny_h5ad, tmp_path / "run")
+        try:
+            api.validate(rec, registry=REGISTRY)
+        except CompatibilityError as exc:
+            refused += 1
+            assert f"backbone.{key}={cls.parameter_free_options[key]}" in (exc.hint or "")
+            assert "newly initialised" in exc.message
+            assert not (tmp_path / "run").exists()
+    assert refused >= 1

@@ -95,3 +95,22 @@ def test_evaluate_metrics_and_plots(tmp_path: Path) -> None:
     assert set(result["per_class"]) == {"B", "NK", "T"}
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "umap.png").exists()  # umap: false (the matrix test draws one)
+
+
+def test_headline_macro_is_over_classes_in_the_test_split() -> None:
+    """A training class absent from the test split does not drag the headline macro F1 down;
+    the all-classes variant keeps it, under its own name (sklearn as the oracle)."""
+    from sklearn.metrics import f1_score
+
+    from sctune.tasks.cell_type.metrics import classification_metrics
+
+    y_true = np.array([0, 0, 1, 1, 1, 0])  # class 2 ('T') has no test cell
+    y_pred = np.array([0, 1, 1, 1, 0, 0])
+    m = classification_metrics(y_true, y_pred, ["B", "NK", "T"])
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert m["macro_f1_all_classes"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    )
+    assert m["macro_f1_all_classes"] < m["macro_f1"]
+    assert m["n_test_classes"] == 2 and m["n_training_classes"] == 3
+    assert "Euclidean" in m["definitions"]["silhouette"]

@@ -21,6 +21,7 @@ SPLIT = "split.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 REFERENCE = "reference.safetensors"
+BACKBONE_WEIGHTS = "backbone.safetensors"  # only for a randomly initialised backbone
 MANIFEST = "adapter.json"
 GENES = "genes.txt"
 LABELS = "labels.json"
@@ -48,7 +49,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
     """Write tensors as safetensors (contiguous CPU copies); return the file size in bytes."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(path))
+    # clone: tied or shared tensors (one storage, several names) must become separate tensors
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
     return path.stat().st_size
 
 
@@ -57,7 +59,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     if not path.is_file():
         raise CheckpointError(f"run directory is missing '{path.name}' ({path})")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # truncated or overwritten file: safetensors raises its own types
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({type(exc).__name__}: {exc})",
+            hint="the run directory is damaged; rerun the recipe, or restore the file from a copy",
+        ) from exc
 
 
 def write_json(path: Path, payload: Any) -> None:
@@ -69,17 +77,24 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(
             f"'{path.parent}' is not a complete sctune run directory: '{path.name}' is missing"
         )
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"'{path}' is not valid JSON ({exc})",
+            hint="the run directory is damaged; rerun the recipe, or restore the file from a copy",
+        ) from exc
 
 
 def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, what: str) -> None:
-    """Copy saved tensors into ``model`` by name; every saved name must exist with its shape."""
-    params = dict(model.named_parameters())
-    missing = [k for k in tensors if k not in params]
+    """Copy saved tensors (parameters and buffers) into ``model`` by ``state_dict`` name; every
+    saved name must exist with its shape."""
+    state = model.state_dict(keep_vars=True)
+    missing = [k for k in tensors if k not in state]
     shapes = [
-        f"{k}: {tuple(v.shape)} in the file, {tuple(params[k].shape)} in the model"
+        f"{k}: {tuple(v.shape)} in the file, {tuple(state[k].shape)} in the model"
         for k, v in tensors.items()
-        if k in params and params[k].shape != v.shape
+        if k in state and state[k].shape != v.shape
     ]
     if missing or shapes:
         raise CheckpointError(
@@ -90,4 +105,4 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *, what:
 
     with torch.no_grad():
         for k, v in tensors.items():
-            params[k].copy_(v.to(params[k].dtype))
+            state[k].copy_(v.to(state[k].dtype))

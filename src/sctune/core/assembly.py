@@ -32,6 +32,36 @@ class Assembled:
     trainable: dict[str, nn.Parameter] = field(default_factory=dict)
     adapter_names: list[str] = field(default_factory=list)  # parameters saved as "adapter"
     head_names: list[str] = field(default_factory=list)  # head + fresh backbone modules
+    fresh_modules: tuple[str, ...] = ()  # backbone submodules that belong with the head
+    base_buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # at build time, by id
+
+    def saved_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Every tensor that affects outputs and is not the pretrained backbone as built.
+
+        ``{"adapter": ..., "head": ...}``, keyed by ``model.state_dict()`` names: the trainable
+        parameters, plus the persistent buffers of the head, of fresh modules and of modules the
+        adapters added (BatchNorm running statistics and the like), plus any backbone buffer whose
+        value changed since it was built. Loading both into a freshly assembled model reproduces
+        the trained one exactly.
+        """
+        state = self.model.state_dict(keep_vars=True)
+        buffers = {id(b): n for n, b in self.model.named_buffers()}
+        out: dict[str, dict[str, torch.Tensor]] = {"adapter": {}, "head": {}}
+        for n in self.adapter_names:
+            out["adapter"][n] = state[n]
+        for n in self.head_names:
+            out["head"][n] = state[n]
+        heads = ("head.", *(f"backbone.{m}." for m in self.fresh_modules))
+        for name, tensor in state.items():
+            if id(tensor) not in buffers or name in out["adapter"] or name in out["head"]:
+                continue
+            if name.startswith(heads):
+                out["head"][name] = tensor
+                continue
+            before = self.base_buffers.get(f"{id(tensor)}")
+            if before is None or not torch.equal(before, tensor.detach().cpu()):
+                out["adapter"][name] = tensor
+        return out
 
     def merge(self) -> None:
         for h in self.handles:
@@ -55,6 +85,7 @@ def assemble(
         module = backbone_plugin.build(backbone_cfg, load_weights=load_weights)
     for p in module.parameters():
         p.requires_grad_(False)
+    base_buffers = {f"{id(b)}": b.detach().cpu().clone() for b in module.buffers() if not b.is_meta}
     surfaces = backbone_plugin.surfaces(module)
     handles = []
     for plugin, cfg in adapters:
@@ -84,7 +115,7 @@ def assemble(
                 fresh_ids.add(id(p))
     head = task.head(int(module.hidden_size), prepared, task_cfg)
     model = CellModel(module, head)
-    out = Assembled(model, handles)
+    out = Assembled(model, handles, fresh_modules=fresh, base_buffers=base_buffers)
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

@@ -34,6 +34,16 @@ class GradientAudit:
             "tensors": self.rows,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GradientAudit:
+        """Inverse of :meth:`as_dict`."""
+        return cls(
+            rows=list(d["tensors"]),
+            dead=list(d["dead"]),
+            leaked=list(d["leaked"]),
+            zero=list(d["zero_at_first_step"]),
+        )
+
     def raise_if_bad(self) -> None:
         if not self.ok:
             parts = []

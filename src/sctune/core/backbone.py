@@ -50,6 +50,10 @@ class Backbone(ABC):
     provides: ClassVar[frozenset[Capability]]
     description: ClassVar[str] = ""
     licence: ClassVar[str] = ""
+    parameter_free_options: ClassVar[dict[str, object]] = {}
+    """Recipe options under which the cell embedding passes through no freshly initialised module
+    (e.g. ``{"pooling": "mean"}``), suggested when a method that trains nothing (``zero_shot``)
+    meets a configuration that has one. Empty when the backbone never has fresh modules."""
 
     @abstractmethod
     def build(self, config: PluginConfig, *, load_weights: bool = True) -> nn.Module:
@@ -105,6 +109,18 @@ class Backbone(ABC):
         Geneformer V1-10M's 10,288,722 with its masked-LM head), reported by ``sctune inspect``
         beside sctune's own encoder count. ``None`` when not known."""
         return None
+
+    def randomly_initialised(self, config: PluginConfig) -> bool:
+        """True when :meth:`build` with ``config`` draws its weights at random instead of reading
+        them from files that :meth:`fingerprint` binds.
+
+        Asked of the recipe's options (reported as ``backbone_randomly_initialised`` in
+        ``metrics.json``) and of the resolved options: when still ``True`` there, the run writes
+        the drawn weights into the run directory (``backbone.safetensors``) and ``sctune predict``
+        loads them, so predictions never depend on a random number generator. The default reads
+        a ``checkpoint`` option (``None`` = random); override it when the backbone has none.
+        """
+        return getattr(config, "checkpoint", None) is None
 
     def fingerprint(self, config: PluginConfig) -> dict[str, str]:
         """Hashes binding a run to its pretrained files (checkpoint, vocabulary). ``{}`` if none."""

@@ -16,6 +16,7 @@ from sctune.core.assembly import assemble, count_parameters
 from sctune.core.backbone import resolve_config
 from sctune.core.data import load_data, preflight_labels, split_cells, write_split
 from sctune.core.registry import distribution_version, plugin_versions
+from sctune.core.rundir import CHECKPOINT_DIR
 
 
 def _components(rec: Any, registry: Any) -> tuple[Any, list[tuple[Any, Any]], Any]:
@@ -73,6 +74,15 @@ def prepare_inputs(
     for note in data.notes:
         say(f"  note: {note}")
     split = split_cells(data.obs, data.labels, rec.data.split, seed=seed)
+    if len(split["test"]) == 0:
+        from sctune.core.errors import DataError
+
+        raise DataError(
+            f"data.split: the test split has no cells (method '{rec.data.split.method}', "
+            f"test fraction {rec.data.split.test}, {len(data.labels)} cells); the metrics "
+            "would have nothing to measure",
+            hint="raise data.split.test (e.g. 0.2), or give a split column/file with test cells",
+        )
     pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
     for line in pre.info:
         say(line)
@@ -86,11 +96,12 @@ def prepare_inputs(
         run_dir=run_dir,
         expression=_subset_expression(expr, split["train"]),
     )
-    if getattr(bcfg, "checkpoint", "given") is None:
+    if backbone.randomly_initialised(rec.backbone.config):
         say(
             f"backbone: '{backbone.name}' is RANDOMLY INITIALISED (no checkpoint): "
             "numbers measure the architecture + adapter, not pretrained knowledge"
         )
+    _refuse_untrained_stems(backbone, bcfg, adapters)
     tokens = backbone.tokenize(expr, bcfg, seed=seed)
     if tokens.gene_match is not None:
         say(f"genes: {tokens.gene_match.summary()}")
@@ -101,8 +112,36 @@ def prepare_inputs(
     )
 
 
+def _refuse_untrained_stems(backbone: Any, bcfg: Any, adapters: list[tuple[Any, Any]]) -> None:
+    """A method that trains nothing must not embed through a freshly initialised module."""
+    untrained = [a.name for a, _ in adapters if not a.trains]
+    if not untrained:
+        return
+    import torch
+
+    with torch.device("meta"):
+        fresh = tuple(getattr(backbone.build(bcfg, load_weights=False), "fresh_modules", ()))
+    if fresh:
+        from sctune.core.errors import CompatibilityError
+
+        fix = ", ".join(f"backbone.{k}={v}" for k, v in backbone.parameter_free_options.items())
+        raise CompatibilityError(
+            f"adapter '{untrained[0]}' trains nothing, but with these options backbone "
+            f"'{backbone.name}' embeds cells through newly initialised module(s) "
+            f"{', '.join(repr(m) for m in fresh)}, which would stay random",
+            hint=(f"set {fix} (a pooling without new parameters)" if fix else None)
+            or "choose a backbone configuration whose cell embedding has no fresh modules",
+        )
+
+
 def execute(
-    rec: Any, registry: Any, run_dir: Path, *, progress: bool, log: Callable[[str], None]
+    rec: Any,
+    registry: Any,
+    run_dir: Path,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+    resume: bool = False,
 ) -> Any:
     import torch
 
@@ -128,7 +167,14 @@ def execute(
     )
 
     acc = make_accelerator(rec.trainer)
-    asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
+    module = backbone.build(bcfg)
+    if backbone.randomly_initialised(bcfg):  # the drawn weights travel with the run
+        drawn = run_dir / A.BACKBONE_WEIGHTS
+        if resume and drawn.is_file():
+            A.load_into(module, A.load_tensors(drawn), what=f"'{drawn}'")
+        else:
+            A.save_tensors(drawn, module.state_dict())
+    asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared, module=module)
     model = asm.model
     trains = all(a.trains for a, _ in adapters)
     n_train = sum(p.numel() for p in asm.trainable.values()) if trains else 0
@@ -171,6 +217,8 @@ def execute(
             on_epoch=on_epoch,
             log_path=run_dir / A.TRAIN_LOG,
             progress=progress,
+            checkpoint=run_dir / CHECKPOINT_DIR,
+            resume=resume,
         )
         if writer is not None:
             writer.close()
@@ -188,7 +236,7 @@ def execute(
     if not trains:  # zero-shot: kNN from training cells
         ref = emb[split["train"]]
         logits = task.transfer(ref, targets[split["train"]], emb, prepared, rec.task.config)
-    test = split["test"] if len(split["test"]) else split["valid"]
+    test = split["test"]
     test_metrics = task.evaluate(
         logits=logits[test],
         targets=targets[test],
@@ -212,7 +260,7 @@ def execute(
             "head": sum(asm.trainable[n].numel() for n in asm.head_names) if trains else 0,
         },
         "artifact_bytes": sizes,
-        "backbone_randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
+        "backbone_randomly_initialised": backbone.randomly_initialised(rec.backbone.config),
     }
     if fit_result is not None:
         metrics["train"] = {
@@ -255,7 +303,6 @@ def execute(
         f"artifact: adapter + head {saved / 1024:,.1f} KiB on disk vs backbone "
         f"{sizes['backbone_in_memory'] / 2**20:,.1f} MiB ({100 * saved / max(sizes['backbone_in_memory'], 1):.2f}%)"
     )
-    log(f"run directory: {run_dir}")
     return result
 
 
@@ -294,14 +341,13 @@ def _save_weights(
 ) -> dict[str, int]:
     import torch
 
-    params = dict(asm.model.named_parameters())
+    state = asm.saved_state()
     sizes = {}
-    sizes["adapter"] = A.save_tensors(
-        run_dir / A.ADAPTER_WEIGHTS, {n: params[n] for n in asm.adapter_names}
-    )
-    sizes["head"] = A.save_tensors(
-        run_dir / A.HEAD_WEIGHTS, {n: params[n] for n in asm.head_names}
-    )
+    sizes["adapter"] = A.save_tensors(run_dir / A.ADAPTER_WEIGHTS, state["adapter"])
+    sizes["head"] = A.save_tensors(run_dir / A.HEAD_WEIGHTS, state["head"])
+    weights = run_dir / A.BACKBONE_WEIGHTS
+    if weights.is_file():
+        sizes["backbone_random_init"] = weights.stat().st_size
     if ref is not None:
         sizes["reference"] = A.save_tensors(
             run_dir / A.REFERENCE,
@@ -327,7 +373,12 @@ def _save_weights(
                 {"name": a.name, "config": a.config.model_dump(mode="json")} for a in rec.adapters
             ],
             "task": {"name": rec.task.name, "config": rec.task.config.model_dump(mode="json")},
-            "tensors": {"adapter": asm.adapter_names, "head": asm.head_names},
+            "tensors": {k: sorted(v) for k, v in state.items()},
+            "backbone_weights": (
+                {"file": A.BACKBONE_WEIGHTS, "sha256": A.sha256_file(weights)}
+                if weights.is_file()
+                else None
+            ),
             "genes_sha256": A.sha256_lines(list(expr.genes)),
             "data": {
                 "label_column": rec.data.label_column,
@@ -414,7 +465,7 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             "backbone_total": sum(p.numel() for p in model.backbone.parameters()),
             "head": sum(p.numel() for p in model.head.parameters()),
             "modules": count_parameters(model, depth=2),
-            "randomly_initialised": getattr(bcfg, "checkpoint", "given") is None,
+            "randomly_initialised": backbone.randomly_initialised(rec.backbone.config),
         }
         published = backbone.reference_parameter_count(bcfg)
         if published is not None:

@@ -62,9 +62,9 @@ def _loader(
     *,
     shuffle: bool = False,
     weights: np.ndarray | None = None,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     sampler = None
     if weights is not None:
         sampler = WeightedRandomSampler(
@@ -152,8 +152,15 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None],
     log_path: Path,
     progress: bool = True,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
-    """Train ``ctx.assembled`` and restore its best-validation weights."""
+    """Train ``ctx.assembled`` and restore its best-validation weights.
+
+    With ``checkpoint`` (a folder) the trainable state, optimizer, scheduler, early-stopping
+    state, RNG states and the sampler's generator are saved after every epoch; ``resume=True``
+    loads them and continues, giving the same weights and metrics as an uninterrupted run.
+    """
     acc = ctx.accelerator
     asm = ctx.assembled
     assert asm is not None
@@ -177,8 +184,10 @@ def fit(
         train_ds, valid_ds = _Indexed(train, train_targets), _Indexed(valid, valid_targets)
         collate = train_ds.collate  # type: ignore[attr-defined]
         net = model
+    sampler_gen = torch.Generator().manual_seed(seed)
     train_dl = _loader(
-        train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights, seed=seed
+        train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights,
+        generator=sampler_gen,
     )
     valid_dl = _loader(valid_ds, trainer_cfg.eval_batch_size, getattr(valid_ds, "collate", None))
 
@@ -211,8 +220,26 @@ def fit(
     task_id = (
         prog.add_task("training", total=trainer_cfg.epochs * steps_per_epoch) if prog else None
     )
+    first_epoch, stopped = 0, False
+    if resume and checkpoint is not None:
+        saved = _load_checkpoint(checkpoint)
+        unwrapped = acc.unwrap_model(net)
+        unwrapped.load_state_dict(saved["model"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        best_val, best_epoch, bad_epochs = saved["best_val"], saved["best_epoch"], saved["bad"]
+        best_state, history, stopped = saved["best_state"], saved["history"], saved["stopped"]
+        audit = GradientAudit.from_dict(saved["audit"]) if saved["audit"] else None
+        _set_rng(saved["rng"])
+        sampler_gen.set_state(saved["sampler"])
+        first_epoch = len(history)
+        log_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+        start -= history[-1]["seconds"] if history else 0.0
+        if prog is not None:
+            prog.update(task_id, completed=first_epoch * steps_per_epoch)
     with prog or _Null():
-        for epoch in range(trainer_cfg.epochs):
+        for epoch in range(first_epoch, 0 if stopped else trainer_cfg.epochs):
             net.train()
             losses, seen = 0.0, 0
             for batch in train_dl:
@@ -240,7 +267,7 @@ def fit(
             if scheduler is not None and trainer_cfg.scheduler.name == "step":
                 scheduler.step()
             metrics = {
-                "epoch": epoch,
+                "epoch": epoch + 1,  # counted from 1, as the console shows
                 "train/loss": losses / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
             }
@@ -263,25 +290,95 @@ def fit(
                 else value > best_val + (es.min_delta if es else 0)
             )
             if better:
-                best_val, best_epoch, bad_epochs = value, epoch, 0
-                unwrapped = acc.unwrap_model(net)
-                keep = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-                keep |= {n for n, _ in unwrapped.named_buffers()}  # e.g. BatchNorm running stats
-                best_state = {
-                    k: v.detach().clone() for k, v in unwrapped.state_dict().items() if k in keep
-                }
+                best_val, best_epoch, bad_epochs = value, epoch + 1, 0
+                best_state = _trainable_state(acc.unwrap_model(net))
             else:
                 bad_epochs += 1
-                if es and bad_epochs >= es.patience:
-                    if prog is not None:
-                        prog.console.log(
-                            f"early stopping at epoch {epoch + 1}: no {monitor} improvement for {es.patience} epochs"
-                        )
-                    break
+                stopped = bool(es and bad_epochs >= es.patience)
+            if checkpoint is not None and acc.is_main_process:
+                unwrapped = acc.unwrap_model(net)
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "model": _trainable_state(unwrapped),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "best_val": best_val,
+                        "best_epoch": best_epoch,
+                        "bad": bad_epochs,
+                        "best_state": best_state,
+                        "history": history,
+                        "stopped": stopped,
+                        "audit": audit.as_dict() if audit is not None else None,
+                        "rng": _get_rng(),
+                        "sampler": sampler_gen.get_state(),
+                    },
+                )
+            if stopped:
+                if prog is not None:
+                    prog.console.log(
+                        f"early stopping at epoch {epoch + 1}: no {monitor} improvement for {es.patience} epochs"
+                    )
+                break
     if best_state is not None:
         acc.unwrap_model(net).load_state_dict(best_state, strict=False)
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return FitResult(history, best_epoch, audit, time.perf_counter() - start, peak)
+
+
+def _trainable_state(module: Any) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters and every buffer (e.g. BatchNorm running stats)."""
+    keep = {n for n, p in module.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in module.named_buffers()}
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
+
+
+def _get_rng() -> dict[str, Any]:
+    import random
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.as_tensor(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+CHECKPOINT_FILE = "last.pt"
+
+
+def _save_checkpoint(folder: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(folder / CHECKPOINT_FILE)
+
+
+def _load_checkpoint(folder: Path) -> dict[str, Any]:
+    from sctune.core.errors import CheckpointError
+
+    path = folder / CHECKPOINT_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"--resume: the checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc})",
+            hint="start again with output.overwrite=true",
+        ) from exc
 
 
 @torch.no_grad()
@@ -304,10 +401,15 @@ def _validate(net: Any, dl: Any, forward: Callable, acc: Any, prepared: Any) -> 
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     y, p = torch.cat(ys).numpy(), torch.cat(preds).numpy()
+    import warnings
+
+    with warnings.catch_warnings():  # a class predicted but absent from validation is expected
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        balanced = float(balanced_accuracy_score(y, p))
     return {
         "valid/loss": float(torch.cat(losses).mean()),
         "valid/accuracy": float((y == p).mean()),
-        "valid/balanced_accuracy": float(balanced_accuracy_score(y, p)),
+        "valid/balanced_accuracy": balanced,
         "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
     }
 
@@ -331,7 +433,7 @@ def _scheduler(optimizer: Any, cfg: Any, steps_per_epoch: int) -> Any:
 
 def _fmt(m: dict[str, float]) -> str:
     keys = ["train/loss", "valid/loss", "valid/accuracy", "valid/balanced_accuracy"]
-    return f"epoch {int(m['epoch']) + 1}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+    return f"epoch {int(m['epoch'])}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
 
 
 def _progress(enabled: bool) -> Any:
