@@ -69,3 +69,19 @@ def test_readme_mentions_every_builtin() -> None:
     for entry in read_manifest().plugins:
         if entry.kind != "recipes":
             assert f"`{entry.name}`" in text or entry.name in text, entry.name
+
+
+def test_readme_api_snippet_runs_twice_from_a_fresh_folder(tmp_path, monkeypatch) -> None:
+    """The README's Python API block, as a user pastes it (twice: the second time its run
+    directory exists), from an empty working directory; only the epochs and cells are cut."""
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"```python\nfrom sctune import api\n(.*?)```", text, re.S)
+    assert block is not None
+    code = "from sctune import api\n" + block.group(1)
+    assert '"trainer.epochs=5"' in code
+    code = code.replace('"trainer.epochs=5"', '"trainer.epochs=1", "data.max_cells=200"')
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "api-lora" / "metrics.json").is_file()
+    assert (tmp_path / "annotated.h5ad").is_file()

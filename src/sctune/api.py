@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sctune.core.errors import SctuneError
-
 PathLike = str | Path
 
 
@@ -53,8 +51,11 @@ def load(
     from sctune.core.recipe import apply_overrides, load_recipe, validate_recipe
 
     registry = registry or get_registry()
-    if isinstance(recipe, dict):
-        return validate_recipe(apply_overrides(recipe, overrides), registry, source="<dict>")
+    if isinstance(recipe, dict):  # relative paths: against the working directory
+        from sctune.core.paths import resolve_paths
+
+        data = resolve_paths(apply_overrides(recipe, overrides), registry, Path.cwd())
+        return validate_recipe(data, registry, source="<dict>")
     return load_recipe(recipe, registry, overrides)
 
 
@@ -71,18 +72,70 @@ def validate(
     :class:`~sctune.core.errors.SctuneError` on the first blocking problem group.
     """
     registry = registry or get_registry()
-    rec = load(recipe, overrides, registry=registry)
+    rec = load(recipe, overrides, registry=registry)  # also: output.dir can be made, device
     report: dict[str, Any] = {"recipe": rec.source, "warnings": [], "info": []}
-    if check_data:  # every check 'sctune run' makes before it builds the model
+    out = Path(rec.envelope.output.dir or Path("runs") / rec.name)
+    if out.is_dir() and any(out.iterdir()) and not rec.envelope.output.overwrite:
+        report["warnings"].append(
+            f"output.dir: run directory '{out}' already exists; 'sctune run' refuses it unless "
+            "output.overwrite=true (or --resume continues an interrupted run)"
+        )
+    if check_data:  # every check 'sctune run' makes before it trains
         import tempfile
+        import warnings
 
         from sctune.core.runner import prepare_inputs
 
-        with tempfile.TemporaryDirectory(prefix="sctune-validate-") as tmp:
-            inputs = prepare_inputs(rec, registry, Path(tmp))
+        caught: list[Any] = []
+        try:
+            with (
+                tempfile.TemporaryDirectory(prefix="sctune-validate-") as tmp,
+                warnings.catch_warnings(record=True) as caught,
+            ):
+                warnings.simplefilter("default")
+                inputs = prepare_inputs(rec, registry, Path(tmp))
+                _dry_build(rec, inputs)
+        except BaseException:  # the warnings before the error still count
+            for w in caught:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            raise
         report["info"] += inputs.info
-        report["warnings"] += inputs.warnings
+        report["warnings"] += inputs.warnings + [_warning_text(w) for w in caught]
     return report
+
+
+def _warning_text(record: Any) -> str:
+    from sctune.core.errors import SctuneWarning
+
+    text = str(record.message).strip()
+    if issubclass(record.category, SctuneWarning):
+        return text
+    return f"{text} ({record.category.__name__})"
+
+
+def _dry_build(rec: Any, inputs: Any) -> None:
+    """Apply the adapters and the head to the backbone on the meta device (no weights, no
+    memory), so mismatches that only show when the model is built are refused by validate too."""
+    import torch
+
+    from sctune.core.assembly import assemble
+    from sctune.core.errors import SctuneError
+
+    try:
+        with torch.device("meta"):
+            assemble(
+                inputs.backbone,
+                inputs.bcfg,
+                inputs.adapters,
+                inputs.task,
+                rec.task.config,
+                inputs.prepared,
+                load_weights=False,
+            )
+    except SctuneError:
+        raise
+    except Exception:  # best effort: what the meta device cannot build is left to 'run'
+        return
 
 
 def run(
@@ -92,8 +145,17 @@ def run(
     registry: Any = None,
     progress: bool = True,
     log: Any = print,
+    resume: bool = False,
 ) -> RunResult:
-    """Train (or, for zero_shot, transfer) as the recipe says and write a run directory."""
+    """Train (or, for zero_shot, transfer) as the recipe says and write a run directory.
+
+    The run is written into ``<output.dir>.partial`` and moved into place only when it succeeded;
+    ``output.overwrite=true`` then replaces an earlier sctune run there (never another folder).
+    Each epoch saves a checkpoint; after an interruption (Ctrl-C, SIGTERM, a crash) the
+    ``.partial`` folder stays, and ``resume=True`` continues it to the result an uninterrupted
+    run gives.
+    """
+    from sctune.core import rundir
     from sctune.core.runner import execute
 
     registry = registry or get_registry()
@@ -110,27 +172,24 @@ def run(
     # absolute, so paths that backbones write into the run directory (resolve()) are stored
     # absolute in adapter.json and 'sctune predict' can rebase them when the run moves
     out = Path(rec.envelope.output.dir or Path("runs") / rec.name).resolve()
-    if out.exists() and any(out.iterdir()):
-        if not rec.envelope.output.overwrite:
-            raise SctuneError(
-                f"output.dir: run directory '{out}' already exists and is not empty",
-                hint="pass output.overwrite=true, or choose another output.dir=...",
-            )
-    backup = None
-    if out.exists():
-        backup = out.with_name(out.name + ".previous")
-        shutil.rmtree(backup, ignore_errors=True)
-        out.rename(backup)
-    out.mkdir(parents=True)
+    command = f"sctune run {rec.source} {' '.join(overrides)}".strip()
+    stage = rundir.begin(
+        out, overwrite=rec.envelope.output.overwrite, resume=resume, command=command
+    )
     try:
-        result = execute(rec, registry, out, progress=progress, log=log)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # nothing half-written
-        if backup is not None:
-            backup.rename(out)  # no data lost
+        result = execute(rec, registry, stage, progress=progress, log=log, resume=resume)
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, rundir.Interrupted))
+        rundir.abandon(stage, interrupted=interrupted, resumed=resume)
+        if interrupted and stage.is_dir():
+            log(
+                f"interrupted: the run so far is in '{stage}'; continue it with: {command} --resume"
+            )
         raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+    rundir.commit(stage, out)
+    result.run_dir = out
+    result.files = {p.name: p for p in sorted(out.iterdir())}
+    log(f"run directory: {out}")
     return result
 
 
@@ -155,9 +214,14 @@ def predict(
     *,
     registry: Any = None,
     checkpoint: PathLike | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Annotate ``query`` (.h5ad) with a trained run; refuse a different backbone or vocabulary."""
+    """Annotate ``query`` (.h5ad) with a trained run; refuse a different backbone or vocabulary.
+
+    ``batch_size`` defaults to the run's ``trainer.eval_batch_size``; an existing ``output`` is
+    replaced only with ``overwrite=True`` (and only once the new file is complete).
+    """
     from sctune.core.predictor import predict_h5ad
 
     registry = registry or get_registry()
@@ -168,6 +232,7 @@ def predict(
         registry,
         checkpoint=None if checkpoint is None else Path(checkpoint),
         batch_size=batch_size,
+        overwrite=overwrite,
     )
 
 
@@ -194,7 +259,7 @@ def plugins(registry: Any = None) -> list[dict[str, Any]]:
                     "description": getattr(e.cls, "description", ""),
                     "options": {
                         k: {
-                            "default": repr(f.default) if f.default is not None else "null",
+                            "default": _shown_default(f),
                             "description": f.description or "",
                         }
                         for k, f in e.cls.config_cls.model_fields.items()
@@ -202,6 +267,19 @@ def plugins(registry: Any = None) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _shown_default(field: Any) -> str:
+    """An option's default as ``sctune plugins --options`` shows it (factories called)."""
+    if field.is_required():
+        return "(required)"
+    try:
+        value = field.get_default(call_default_factory=True)
+    except TypeError:  # a factory that needs the other values
+        return "(computed)"
+    if value is None:
+        return "null"
+    return str(value) if isinstance(value, Path) else repr(value)
 
 
 def recipes(registry: Any = None) -> dict[str, Path]:

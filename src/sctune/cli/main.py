@@ -7,22 +7,51 @@ anything else is a bug and keeps its traceback. ``--help`` imports no torch.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+
+def _flags_only(params: list[Any]) -> list[Any]:
+    """Show on/off options as bare flags (typer prints '<bool>' after them, as if they took a
+    value)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and not getattr(p, "count", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """A Typer group whose help, and its commands' help, shows flags without a value type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _flags_only(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not isinstance(cmd, TyperGroup):
+            _flags_only([*cmd.params, cmd.get_help_option(ctx)])
+        return cmd
+
 
 app = typer.Typer(
     name="sctune",
+    cls=_Group,
     help="Parameter-efficient fine-tuning of single-cell foundation models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-recipes_app = typer.Typer(help="List shipped recipes or copy one out.", no_args_is_help=False)
+recipes_app = typer.Typer(
+    cls=_Group, help="List shipped recipes or copy one out.", no_args_is_help=False
+)
 app.add_typer(recipes_app, name="recipes")
 
 _STATE: dict[str, Any] = {"plugins": [], "debug": False, "registry": None}
@@ -63,16 +92,30 @@ def run_cli(
     ],
     overrides: Overrides = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run of this recipe from its last finished epoch.",
+        ),
+    ] = False,
 ) -> None:
-    """Train as the recipe says and write a run directory (metrics, plots, adapter weights)."""
-    from sctune import api
+    """Train as the recipe says and write a run directory (metrics, plots, adapter weights).
 
+    Ctrl-C exits with 130 and SIGTERM with 143; the run so far stays in '<dir>.partial' and
+    '--resume' continues it.
+    """
+    from sctune import api
+    from sctune.core.rundir import handle_signals
+
+    handle_signals()
     result = api.run(
         recipe,
         overrides or [],
         registry=_registry(),
         progress=not quiet,
         log=lambda m: typer.echo(m, err=False),
+        resume=resume,
     )
     if os.environ.get("RANK", "0") == "0":  # DDP: only rank 0 has a run directory
         typer.echo(f"wrote {', '.join(sorted(result.files))}")
@@ -113,10 +156,9 @@ def inspect_cli(
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     table = Table(
         title=f"{report['backbone']} + {', '.join(a['name'] for a in report['adapters'])}"
     )
@@ -163,11 +205,16 @@ def predict_cli(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Backbone checkpoint, if it moved.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")
+    ] = False,
 ) -> None:
     """Annotate new cells (obs sctune_prediction, sctune_confidence; obsm X_sctune)."""
     from sctune import api
 
-    out = api.predict(run_dir, query, output, registry=_registry(), checkpoint=checkpoint)
+    out = api.predict(
+        run_dir, query, output, registry=_registry(), checkpoint=checkpoint, overwrite=overwrite
+    )
     typer.echo(f"wrote {out}")
 
 
@@ -185,7 +232,6 @@ def plugins_cli(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
@@ -199,7 +245,7 @@ def plugins_cli(
             r["licence"],
             ", ".join(r["capabilities"]) or ("-" if r["kind"] != "task" else ""),
         )
-    console = Console(width=160)
+    console = _console(width=160)
     console.print(table)
     if options:
         for r in rows:
@@ -227,21 +273,22 @@ def recipes_init_cli(
     ] = None,
 ) -> None:
     """Copy a shipped recipe into the working directory to edit it."""
-    from sctune import api
     from sctune.core.errors import SctuneError
-
-    shipped = api.recipes(_registry())
     from sctune.core.recipe import find_recipe
 
-    src = (
-        find_recipe(name, [p.parent for p in shipped.values()])
-        if name not in shipped
-        else shipped[name]
-    )
-    target = dest or Path(Path(name).name + ".yaml")
-    if target.exists():
-        raise SctuneError(f"'{target}' already exists; choose another destination")
-    target.write_text(src.read_text())
+    src = find_recipe(name, _registry().recipe_dirs())
+    target = dest or Path(Path(name).name.removesuffix(".yaml") + ".yaml")
+    if target.exists() or target.is_symlink():
+        raise SctuneError(
+            f"'{target}' already exists; nothing was overwritten",
+            hint="give another destination: 'sctune recipes init NAME DEST'",
+        )
+    if not target.parent.is_dir():
+        raise SctuneError(
+            f"cannot write '{target}': '{target.parent}' is not an existing folder",
+            hint="create the folder first, or give another destination",
+        )
+    target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
     typer.echo(f"wrote {target}")
 
 
@@ -250,27 +297,129 @@ def main() -> None:
     from sctune.core.errors import SctuneError
 
     debug = "--debug" in sys.argv
+    _route_warnings()
     try:
         if os.environ.get("SCTUNE_NO_PLUGIN_COMMANDS") != "1" and not _help_only():
             _registry_for_commands()
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns (not raises) the exit code of Ctrl-C
+        if code == 128 + signal.SIGINT:
+            _interrupted(signal.SIGINT)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SctuneError as exc:
         if debug:
             raise
         typer.echo(exc.render(), err=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
+        if _broken_pipe(exc):  # click and rich turn a closed stdout into exit 1
+            _quiet_broken_pipe()
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code)
+    except KeyboardInterrupt:
+        _interrupted(signal.SIGINT)
+    except BrokenPipeError:  # 'sctune plugins | head': the reader left, which is fine
+        _quiet_broken_pipe()
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
+        if _is_click(exc, "ClickException"):  # typer vendors click: match by class name
+            _usage_error(exc)
+        if _is_click(exc, "Abort"):
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+                _interrupted(signal.SIGINT)
             sys.exit(1)
         raise
+    except BaseException as exc:
+        from sctune.core.rundir import Interrupted
+
+        if isinstance(exc, Interrupted):
+            _interrupted(exc.signum)
+        raise
+
+
+def _interrupted(signum: int) -> None:
+    """Exit as shells expect after a signal (128 + its number: 130 for SIGINT, 143 for SIGTERM)."""
+    typer.echo(f"error: interrupted by {signal.Signals(signum).name}", err=True)
+    sys.exit(128 + int(signum))
+
+
+def _console(**options: Any) -> Any:
+    """A rich console that lets a closed stdout surface as ``BrokenPipeError`` (rich itself
+    exits 1), so ``sctune plugins | head`` exits 0."""
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            raise BrokenPipeError
+
+    return _Console(**options)
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+def _usage_error(exc: Any) -> None:
+    """A command-line usage mistake (unknown command or option, missing argument): exit 2."""
+    ctx = getattr(exc, "ctx", None)
+    message = exc.format_message().strip().rstrip(".")
+    text = f"error: {message[:1].lower()}{message[1:]}"
+    if ctx is not None:
+        text = (
+            f"{ctx.get_usage().strip()}\n{text}\nhint: '{ctx.command_path} --help' shows the usage"
+        )
+    typer.echo(text, err=True)
+    sys.exit(2)
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """True when ``exc`` was raised while handling a write to a closed pipe."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.EPIPE:
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _quiet_broken_pipe() -> None:
+    """Exit 0 without a message when stdout's reader has gone (e.g. ``| head``)."""
+    try:  # point stdout at devnull so the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests)
+        pass
+    sys.exit(0)
+
+
+def _route_warnings() -> None:
+    """Print Python warnings (sctune's and libraries') as ``warning: <message>`` lines on
+    stderr, the channel a run's own warnings use, instead of raw ``UserWarning`` source lines."""
+    import warnings
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        from sctune.core.errors import SctuneWarning
+
+        text = str(message).strip()
+        if not issubclass(category, SctuneWarning):
+            parts = Path(filename or "").parts
+            root = parts.index("site-packages") + 1 if "site-packages" in parts else -1
+            origin = parts[root] if parts and root < len(parts) else ""
+            text += f" ({category.__name__}{f' from {origin}' if origin else ''})"
+        try:
+            typer.echo(f"warning: {text}", err=True)
+        except (OSError, ValueError):
+            pass
+
+    warnings.showwarning = show
 
 
 def _help_only() -> bool:

@@ -45,6 +45,11 @@ class CheckpointError(SctuneError):
     """A checkpoint or run directory does not fit the model it is loaded into."""
 
 
+class SctuneWarning(UserWarning):
+    """A legitimate-but-risky situation. The CLI prints it as ``warning: <message>``, like the
+    warnings a run collects; the Python API leaves it to the :mod:`warnings` machinery."""
+
+
 def did_you_mean(given: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for a close match among ``choices``, else ``""``."""
     match = difflib.get_close_matches(str(given), list(choices), n=1, cutoff=0.6)

@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 
 from sctune.core import artifacts as A
-from sctune.core.errors import CheckpointError
+from sctune.core.errors import CheckpointError, DataError
 
 
 def _rebase(value: Any, old: str, new: Path) -> Any:
@@ -73,7 +73,11 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
     for a in manifest["adapters"]:
         plugin = registry.instance("adapter", a["name"])
         adapters.append((plugin, plugin.config_cls.model_validate(a["config"])))
-    asm = assemble(backbone, bcfg, adapters, task, task_cfg, prepared)
+    module = backbone.build(bcfg)
+    drawn = manifest.get("backbone_weights")
+    if drawn:  # randomly initialised backbone: the run saved the weights it drew
+        _load_backbone_weights(module, run_dir / drawn["file"], drawn["sha256"])
+    asm = assemble(backbone, bcfg, adapters, task, task_cfg, prepared, module=module)
     A.load_into(
         asm.model,
         A.load_tensors(run_dir / A.ADAPTER_WEIGHTS),
@@ -85,6 +89,70 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
     return backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe
 
 
+def _load_backbone_weights(module: Any, path: Path, sha256: str) -> None:
+    if not path.is_file():
+        raise CheckpointError(
+            f"run directory is missing '{path.name}', the randomly initialised backbone's weights "
+            f"({path})",
+            hint="copy the whole run directory; without this file the model cannot be rebuilt",
+        )
+    if A.sha256_file(path) != sha256:
+        raise CheckpointError(
+            f"'{path}' changed since the run wrote it (sha256 differs from adapter.json)",
+            hint="restore the run directory from a copy, or rerun the recipe",
+        )
+    tensors = A.load_tensors(path)
+    expected = set(module.state_dict())
+    if set(tensors) != expected:
+        raise CheckpointError(
+            f"'{path}' does not fit the rebuilt backbone: "
+            f"{len(expected - set(tensors))} tensors missing, {len(set(tensors) - expected)} unknown"
+        )
+    A.load_into(module, tensors, what=f"'{path}'")
+
+
+MIN_QUERY_COVERAGE = 0.5  # below this share of the run's genes, predict warns
+
+
+def query_gene_coverage(
+    run_dir: Path, genes: Any, where: str, gene_column: str | None
+) -> float | None:
+    """Share of the RUN's genes (``genes.txt``) present in the query; warn below
+    :data:`MIN_QUERY_COVERAGE`, refuse at zero. ``None`` when the run lists no genes."""
+    import warnings
+
+    from sctune.core.errors import SctuneWarning
+
+    path = run_dir / A.GENES
+    if not path.is_file():
+        return None
+    run_genes = list(dict.fromkeys(g for g in path.read_text(encoding="utf-8").splitlines() if g))
+    if not run_genes:
+        return None
+    have = set(map(str, genes))
+    missing = [g for g in run_genes if g not in have]
+    covered = len(run_genes) - len(missing)
+    share = covered / len(run_genes)
+    text = f"{where} has {covered:,} of the run's {len(run_genes):,} genes ({share:.0%})"
+    column = f"adata.var['{gene_column}']" if gene_column else "var_names"
+    if covered == 0:
+        seen = ", ".join(f"'{g}'" for g in list(have)[:3])
+        raise DataError(
+            f"{text}: the run's genes (e.g. {', '.join(repr(g) for g in run_genes[:3])}) are "
+            f"read from the query's {column}, which holds e.g. {seen}",
+            hint="give the query the same kind of gene identifiers the run was trained on",
+        )
+    if share < MIN_QUERY_COVERAGE:
+        warnings.warn(
+            f"{text}; the {len(missing):,} missing genes (e.g. "
+            f"{', '.join(repr(g) for g in missing[:3])}) read as zero, so predictions may be "
+            "unreliable",
+            SctuneWarning,
+            stacklevel=2,
+        )
+    return share
+
+
 def predict_h5ad(
     run_dir: Path,
     query: str,
@@ -92,21 +160,26 @@ def predict_h5ad(
     registry: Any,
     *,
     checkpoint: Path | None,
-    batch_size: int,
+    batch_size: int | None,
+    overwrite: bool = False,
 ) -> Path:
     from sctune.core.data import load_data
     from sctune.core.recipe import DataConfig
     from sctune.core.trainer import embed_and_score, make_accelerator
 
-    if output.exists():
+    if output.exists() and not (overwrite and output.is_file()):
         raise CheckpointError(
-            f"output '{output}' already exists; choose another path (nothing was overwritten)"
+            f"--output: '{output}' already exists; nothing was overwritten",
+            hint="choose another path, or pass --overwrite (overwrite=True) to replace that file",
         )
     backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe = rebuild(
         run_dir, registry, checkpoint=checkpoint
     )
     dcfg = manifest["data"]
     seed = int(manifest.get("seed", 0))
+    where = f"query '{query}'"  # errors name the query argument, not the run's data.path
+    if not str(query).strip():
+        raise DataError("query: the query path is empty; give the .h5ad file to annotate")
     data = load_data(
         DataConfig(
             path=query,
@@ -117,11 +190,16 @@ def predict_h5ad(
         ),
         seed=seed,
         require_labels=False,
+        where=where,
     )
+    query_gene_coverage(run_dir, data.expression.genes, where, dcfg["gene_column"])
     cells = backbone.tokenize(data.expression, bcfg, seed=seed)
     from types import SimpleNamespace
 
-    acc = make_accelerator(SimpleNamespace(precision="32", device="auto"))
+    trainer = recipe.get("trainer", {})  # the run's own inference settings, so outputs match it
+    precision = str(trainer.get("precision", "32"))
+    acc = make_accelerator(SimpleNamespace(precision=precision, device="auto"))
+    batch_size = batch_size or int(trainer.get("eval_batch_size", 64))
     asm.model.to(acc.device)
     for h in asm.handles:
         if h.merge is not None and h.info.get("merge_for_inference"):
@@ -135,7 +213,7 @@ def predict_h5ad(
     pred, conf = task.predict(logits, prepared)
     from sctune.core.data import read_adata
 
-    out = read_adata(query)
+    out = read_adata(query, where=where)
     out.obs["sctune_prediction"] = pred.astype(str)
     out.obs["sctune_confidence"] = conf.astype(np.float32)
     out.obsm["X_sctune"] = emb.astype(np.float32)
@@ -147,5 +225,5 @@ def predict_h5ad(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     out.write_h5ad(tmp)
-    tmp.rename(output)
+    tmp.replace(output)  # atomic: a failed write leaves the old file
     return output

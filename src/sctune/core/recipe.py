@@ -9,13 +9,21 @@ with that plugin's ``config_cls``. All problems are collected and raised togethe
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sctune.core.errors import CompatibilityError, RecipeError, SctuneError, did_you_mean, quoted
 
@@ -43,10 +51,38 @@ class SplitConfig(_Strict):
         None, description="reuse a saved split (cell ids) from an earlier run"
     )
 
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitConfig:
+        if self.file is not None:  # a saved split ignores the other keys
+            return self
+        if self.valid + self.test >= 1.0:
+            raise ValueError(
+                f"valid ({self.valid}) + test ({self.test}) = {self.valid + self.test:.3g} leaves "
+                "no training cells; the two fractions must sum to less than 1 (e.g. valid: 0.1, "
+                "test: 0.2)"
+            )
+        needs = {"column": "column", "group": "group_column"}
+        for method, key in needs.items():
+            given = getattr(self, key)
+            if self.method == method and not given:
+                raise ValueError(
+                    f"method '{method}' needs '{key}': the adata.obs column that holds "
+                    + ("train/valid/test" if method == "column" else "donor/patient/batch ids")
+                    + f"; set data.split.{key}"
+                )
+            if self.method != method and given:
+                raise ValueError(
+                    f"'{key}' is only read with method '{method}', but method is "
+                    f"'{self.method}'; set data.split.method: {method}, or remove "
+                    f"data.split.{key}"
+                )
+        return self
+
 
 class DataConfig(_Strict):
     path: str = Field(
-        description="an .h5ad path, or a built-in name such as 'scanpy:pbmc68k_reduced'"
+        min_length=1,
+        description="an .h5ad path, or a built-in name such as 'scanpy:pbmc68k_reduced'",
     )
     label_column: str = Field("cell_type", description="adata.obs column holding the cell types")
     gene_column: str | None = Field(
@@ -108,10 +144,29 @@ class TrainerConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: str | None = Field(None, description="run directory; null = runs/<name>")
+    dir: str | None = Field(None, min_length=1, description="run directory; null = runs/<name>")
     overwrite: bool = Field(False, description="replace an existing run directory")
     plots: bool = True
     predictions: bool = True
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a run name (one folder inside the output root), or ``None``."""
+    shown = repr(name)
+    if not name.strip():
+        return "the run name is empty; give a short folder name such as 'pbmc-lora'"
+    if any(ord(c) < 32 or c == "\x7f" for c in name):
+        return f"the run name {shown} holds control characters (NUL, newline, ...); use letters, digits, '-', '_' or '.'"
+    if "/" in name or "\\" in name:
+        return (
+            f"the run name {shown} holds a path separator; it must be one folder name so the run "
+            "stays inside the output root (set output.dir to choose where runs go)"
+        )
+    if name in (".", ".."):
+        return f"the run name {shown} is not a folder name; use e.g. 'pbmc-lora'"
+    if name != name.strip():
+        return f"the run name {shown} starts or ends with whitespace; remove it"
+    return None
 
 
 class PluginSection(BaseModel):
@@ -123,14 +178,31 @@ class PluginSection(BaseModel):
 
 class Envelope(_Strict):
     sctune: int = Field(description="recipe schema version")
-    name: str
-    seed: int = 0
+    name: str = Field(
+        description="run name: one folder name, the default run directory runs/<name>"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds numpy, torch and the split")
     data: DataConfig
     backbone: PluginSection
     adapter: PluginSection | list[PluginSection]
     task: PluginSection
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
     output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _no_bool_seed(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"expected an integer from 0 to {2**32 - 1}, got a boolean")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        problem = run_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
     @field_validator("sctune")
     @classmethod
@@ -259,6 +331,15 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
             )
         elif err["type"] == "missing":
             lines.append(f"{key}: required key is missing")
+        elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
+            given = err.get("input")
+            lines.append(
+                f"{key}: expected a mapping of keys (YAML 'key: value' lines), "
+                f"got {type(given).__name__} {given!r}"
+            )
+        elif err["type"] == "value_error":  # our validators: the message shows the value
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f"{key or 'recipe'}: {msg}")
         else:
             given = err.get("input")
             shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
@@ -276,10 +357,13 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             continue
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError as exc:
+            value = parse_yaml(text) if text != "" else None
+        except DuplicateKeys as exc:
+            problems.append(f"override '{item}': the value repeats a key ({exc})")
+            continue
+        except ValueError as exc:
             problems.append(
-                f"override '{item}': the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                f"override '{item}': the value is {exc}; "
                 "quote the whole override in the shell, e.g. 'adapter={name: lora}'"
             )
             continue
@@ -308,46 +392,280 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return out
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def _duplicate_keys(node: Any, where: str = "", seen_nodes: set[int] | None = None) -> list[str]:
+    """``dotted.key: ...`` lines for keys repeated in one YAML mapping (PyYAML keeps the last)."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias of a node already checked
+        return []
+    seen_nodes.add(id(node))
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue
+            key = key_node.value
+            dotted = f"{where}.{key}" if where else key
+            line = key_node.start_mark.line + 1
+            if key in first:
+                problems.append(
+                    f"{dotted}: the key appears twice in one mapping (lines {first[key]} and "
+                    f"{line}); YAML would silently keep only the last value, so remove one"
+                )
+            else:
+                first[key] = line
+            problems += _duplicate_keys(value_node, dotted, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, f"{where}.{i}" if where else str(i), seen_nodes)
+    return problems
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    opened = f" ({context} started on line {start.line + 1})" if context and start else ""
+    return f"{where}{problem}{opened}"
+
+
+class DuplicateKeys(ValueError):
+    """A YAML mapping repeats a key; ``lines`` holds one ``dotted.key: ...`` line per repeat."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`DuplicateKeys`); invalid YAML
+    raises ``ValueError('not valid YAML (line L, column C: problem)')``."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            raise DuplicateKeys(duplicates)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe '{path}' is not valid YAML: {exc}") from exc
+        raise ValueError(f"not valid YAML ({_yaml_problem(exc)})") from exc
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a recipe file: UTF-8 text holding one YAML mapping without duplicate keys."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise RecipeError(
+            f"recipe '{path}' cannot be read: {exc.strerror or exc}",
+            hint="check the path and its permissions",
+        ) from exc
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError(
+            f"recipe '{path}' is UTF-16 text; sctune reads UTF-8",
+            hint="save the recipe as UTF-8 (e.g. 'iconv -f utf-16 -t utf-8')",
+        )
+    if b"\x00" in raw:
+        raise RecipeError(
+            f"recipe '{path}' is a binary file (it contains NUL bytes), not a YAML text file",
+            hint="give the .yaml recipe; 'sctune recipes init NAME' writes an example",
+        )
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"recipe '{path}' is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} "
+            "cannot be decoded",
+            hint="save the recipe as UTF-8 (e.g. 'iconv -f latin1 -t utf-8 old.yaml > new.yaml')",
+        ) from exc
+    try:
+        data = parse_yaml(text)
+    except DuplicateKeys as exc:
+        n = len(exc.lines)
+        raise RecipeError(
+            f"recipe '{path}' repeats keys ({n} problem{'s' * (n != 1)})\n  "
+            + "\n  ".join(exc.lines)
+        ) from None
+    except ValueError as exc:
+        raise RecipeError(
+            f"recipe '{path}' is {exc}",
+            hint="indent with spaces, not tabs; quote values that contain ': ' or ' #'",
+        ) from None
+    if data is None:
+        raise RecipeError(
+            f"recipe '{path}' is empty; a recipe is a YAML mapping with the keys sctune, name, "
+            "data, backbone, adapter and task",
+            hint="'sctune recipes init quickstart' writes a complete example",
+        )
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe '{path}' must be a YAML mapping, got {type(data).__name__}")
+        raise RecipeError(
+            f"recipe '{path}' must be a YAML mapping (key: value lines) at the top level, got a "
+            f"{type(data).__name__}",
+            hint="'sctune recipes init quickstart' writes a complete example",
+        )
     return data
 
 
+def _shipped(recipe_dirs: Sequence[Path]) -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """Shipped recipes by the names 'sctune recipes' shows, and file stems -> those names."""
+    named: dict[str, Path] = {}
+    for d in recipe_dirs:
+        for f in sorted(Path(d).rglob("*.yaml")):
+            named.setdefault(f.relative_to(d).with_suffix("").as_posix(), f)
+    stems: dict[str, list[str]] = {}
+    for name in named:
+        stems.setdefault(name.rsplit("/", 1)[-1], []).append(name)
+    return named, stems
+
+
 def find_recipe(ref: str, recipe_dirs: Sequence[Path]) -> Path:
-    """Resolve a path or a shipped recipe's short name (file stem, or ``<folder>/<stem>``)."""
+    """Resolve a path or a shipped recipe's name (``<folder>/<stem>`` as 'sctune recipes' lists
+    it, or a file stem that only one shipped recipe has)."""
     path = Path(ref)
     if path.is_file():
         return path
-    shipped: dict[str, Path] = {}
-    for d in recipe_dirs:
-        for f in sorted(Path(d).rglob("*.yaml")):
-            rel = f.relative_to(d).with_suffix("").as_posix()
-            shipped.setdefault(rel, f)
-            shipped.setdefault(f.stem, f)
+    if path.is_dir():
+        raise RecipeError(
+            f"recipe '{ref}' is a directory; give a recipe .yaml file inside it",
+            hint="'sctune recipes' lists shipped recipes",
+        )
+    named, stems = _shipped(recipe_dirs)
     key = ref[:-5] if ref.endswith(".yaml") else ref
-    if key in shipped:
-        return shipped[key]
-    raise RecipeError(
-        f"recipe '{ref}' is neither a file nor a shipped recipe{did_you_mean(key, shipped)}\n"
-        f"    shipped recipes: {quoted(k for k in shipped if '/' in k or k == Path(k).stem)}",
-        hint="'sctune recipes' lists shipped recipes; 'sctune recipes init NAME' copies one out",
+    if key in named:
+        return named[key]
+    candidates = stems.get(key, [])
+    if len(candidates) == 1:
+        return named[candidates[0]]
+    hint = "'sctune recipes' lists shipped recipes; 'sctune recipes init NAME' copies one out"
+    if candidates:
+        raise RecipeError(
+            f"recipe '{ref}' is ambiguous: {len(candidates)} shipped recipes have that name\n"
+            f"    give one of: {quoted(candidates)}",
+            hint=hint,
+        )
+    looks_like_file = ref.endswith((".yaml", ".yml")) or "/" in ref or os.sep in ref
+    what = (
+        f"recipe file '{ref}' does not exist (working directory: {Path.cwd()})"
+        if looks_like_file
+        else f"recipe '{ref}' is neither a file nor a shipped recipe"
     )
+    raise RecipeError(
+        f"{what}{did_you_mean(key, named)}\n    shipped recipes: {quoted(named)}", hint=hint
+    )
+
+
+_EXAMPLE_NAMES = {"backbone": "scgpt", "adapter": "lora", "task": "cell_type"}
+
+
+def _section_shape(kind: str, raw: Any, registry: Any) -> list[str]:
+    """Problems with the shape of a plugin section (a mapping with a string ``name``)."""
+    installed = f"\n      installed {kind}s: {quoted(registry.entries[kind])}"
+    example = f"'{kind}: {{name: {_EXAMPLE_NAMES[kind]}}}'"
+    if kind == "adapter" and isinstance(raw, list):
+        if not raw:
+            return [
+                f"adapter: the list is empty; give one adapter, e.g. {example}, or a list of "
+                f"them{installed}"
+            ]
+        items = [(f"adapter.{i}", item) for i, item in enumerate(raw)]
+    else:
+        items = [(kind, raw)]
+    out = []
+    for where, item in items:
+        if not isinstance(item, Mapping):
+            got = "null" if item is None else f"{type(item).__name__} {item!r}"
+            tip = (
+                f"; did you mean '{kind}: {{name: {item}}}'?"
+                if isinstance(item, str) and item in registry.entries[kind]
+                else ""
+            )
+            out.append(
+                f"{where}: expected a mapping with a 'name' key, e.g. {example}, got {got}{tip}"
+                + installed
+            )
+        elif "name" not in item:
+            out.append(f"{where}.name: required key is missing{installed}")
+        elif not isinstance(item["name"], str):
+            out.append(
+                f"{where}.name: expected a {kind} name, got {type(item['name']).__name__} "
+                f"{item['name']!r}{installed}"
+            )
+    return out
+
+
+def output_dir_problem(path: str | Path, key: str = "output.dir") -> str | None:
+    """Why a run directory cannot be created at ``path``, or ``None``: the path or one of its
+    parents is an existing file, a parent is not writable, or the path holds a NUL byte."""
+    text = str(path)
+    if "\x00" in text:
+        return f"{key}: {text!r} holds a NUL byte; give a plain folder path"
+    out = Path(text).expanduser()
+    out = out if out.is_absolute() else Path.cwd() / out
+    if out.exists() and not out.is_dir():
+        return (
+            f"{key}: '{text}' is an existing file, not a directory; choose another "
+            f"{key} (a run directory is a folder)"
+        )
+    for parent in out.parents:
+        if not parent.exists() and not parent.is_symlink():
+            continue
+        if not parent.is_dir():
+            return (
+                f"{key}: '{text}' cannot be created because '{parent}' is a file, not a "
+                f"directory; choose another {key}"
+            )
+        if not out.exists() and not os.access(parent, os.W_OK | os.X_OK):
+            return f"{key}: cannot create '{text}': no write permission in '{parent}'"
+        break
+    return None
+
+
+def check_output_dir(path: str | Path, key: str = "output.dir") -> None:
+    """Raise a located :class:`RecipeError` when a run directory cannot be created at ``path``
+    (see :func:`output_dir_problem`); nothing is created."""
+    problem = output_dir_problem(path, key)
+    if problem:
+        raise RecipeError(problem, hint="set output.dir=PATH to a folder you can write to")
+
+
+def _environment_problems(env: Envelope) -> list[str]:
+    """Checks against this machine: the run directory can be made, the asked device exists."""
+    problems = []
+    out = env.output.dir if env.output.dir is not None else Path("runs") / env.name
+    problem = output_dir_problem(out)
+    if problem:
+        problems.append(problem)
+    if env.trainer.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+            problems.append(
+                f"trainer.device: 'cuda' was asked for, but torch {torch.__version__} ({build}) "
+                "sees no CUDA device; set trainer.device to auto (the GPU when there is one) "
+                "or cpu"
+            )
+    return problems
 
 
 def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping against the envelope and the registered plugins' options."""
     problems: list[str] = []
     compat: list[str] = []  # the subset of problems that are adapter/backbone mismatches
+    envelope_input = dict(data)
+    for kind in ("backbone", "adapter", "task"):
+        shape = _section_shape(kind, data[kind], registry) if kind in data else []
+        if shape:  # reported here once; the envelope checks the other keys
+            problems.extend(shape)
+            envelope_input[kind] = {"name": "-"}
     try:
-        env = Envelope.model_validate(dict(data))
+        env = Envelope.model_validate(envelope_input)
     except ValidationError as exc:
         problems.extend(pydantic_problems(exc, Envelope))
         env = None
+    if env is not None:
+        problems.extend(_environment_problems(env))
     sections: dict[str, list[tuple[str, Mapping[str, Any]]]] = {
         "backbone": [],
         "adapter": [],
@@ -408,7 +726,18 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
 
 
 def load_recipe(ref: str | Path, registry: Any, overrides: Sequence[str] = ()) -> Recipe:
-    """Read (path or shipped name), apply overrides, validate."""
+    """Read (path or shipped name), apply overrides, validate.
+
+    Relative paths written in the file resolve against the file's folder; those given in
+    ``overrides`` resolve against the working directory (:mod:`sctune.core.paths`). The returned
+    recipe holds absolute paths only.
+    """
+    from sctune.core.paths import resolve_paths
+
     path = find_recipe(str(ref), registry.recipe_dirs())
-    data = apply_overrides(read_yaml(path), overrides)
+    raw = read_yaml(path)
+    in_file = resolve_paths(
+        raw, registry, path.resolve().parent, like=apply_overrides(raw, overrides)
+    )
+    data = resolve_paths(apply_overrides(in_file, overrides), registry, Path.cwd())
     return validate_recipe(data, registry, source=str(path))

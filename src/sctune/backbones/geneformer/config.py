@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from sctune.core.config import PluginConfig
+from sctune.backbones.geneformer.dictionaries import check_builtin, is_builtin
+from sctune.core.config import PathField, PluginConfig
 
 _INLINE = (
     "hidden_size",
@@ -31,12 +32,12 @@ class GeneformerConfig(PluginConfig):
         validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
     )
 
-    checkpoint: str | None = Field(
+    checkpoint: str | None = PathField(
         None,
         description="model folder with config.json and model.safetensors or pytorch_model.bin "
         "(a Geneformer BertForMaskedLM); omit for a randomly initialised model",
     )
-    model_config_path: str | None = Field(
+    model_config_path: str | None = PathField(
         None,
         alias="model_config",
         description="config.json giving the shape of a randomly initialised model "
@@ -49,22 +50,23 @@ class GeneformerConfig(PluginConfig):
     max_position_embeddings: int | None = Field(
         None, gt=0, description="random init: position embeddings (2048)"
     )
-    token_dictionary: str | None = Field(
+    token_dictionary: str | None = PathField(
         None,
-        description="token dictionary (.json or .pkl): Ensembl id -> token id, with '<pad>' "
-        "(and '<cls>'/'<eos>' in V2); derived from the data's genes for random init when omitted",
+        description="token dictionary (.json or .pkl, may be gzipped): Ensembl id -> token id, "
+        "with '<pad>' (and '<cls>'/'<eos>' in V2); 'builtin:v1' = Geneformer V1's, shipped with "
+        "sctune; derived from the data's genes for random init when omitted",
     )
-    gene_median_dictionary: str | None = Field(
+    gene_median_dictionary: str | None = PathField(
         None,
         description="gene median dictionary (.json or .pkl): Ensembl id -> non-zero median of "
-        "normalised expression in the pretraining corpus",
+        "normalised expression in the pretraining corpus; 'builtin:v1' = Geneformer V1's",
     )
-    gene_name_id_dict: str | None = Field(
+    gene_name_id_dict: str | None = PathField(
         None,
         description="gene symbol -> Ensembl id map (.json or .pkl), used when the data's genes "
-        "are symbols",
+        "are symbols; 'builtin:v1' = Geneformer V1's",
     )
-    ensembl_mapping_dict: str | None = Field(
+    ensembl_mapping_dict: str | None = PathField(
         None,
         description="optional Ensembl id -> collapsed Ensembl id map (Geneformer V2 "
         "ensembl_mapping_dict); ids it does not list are kept as they are",
@@ -108,6 +110,15 @@ class GeneformerConfig(PluginConfig):
         description="accept log1p-normalised input by undoing the log (expm1) and ranking those "
         "values; an approximation of Geneformer's counts input",
     )
+
+    @field_validator(
+        "token_dictionary", "gene_median_dictionary", "gene_name_id_dict", "ensembl_mapping_dict"
+    )
+    @classmethod
+    def _known_builtin(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if is_builtin(v):
+            check_builtin(info.field_name, v)
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> GeneformerConfig:

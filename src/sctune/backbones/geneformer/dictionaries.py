@@ -4,11 +4,16 @@ The original Geneformer dictionaries are pickles. They hold only plain dicts of 
 floats (the medians may be numpy scalar floats), so they are read with a restricted unpickler that
 refuses every global except numpy's scalar reconstruction of numeric dtypes (and the latin-1
 byte-string helper protocol 2 uses for its payload). Nothing else in a
-pickle can run code here.
+pickle can run code here. Either format may be gzip-compressed.
+
+The Geneformer V1 dictionaries ship inside the package (``data/``, Apache-2.0, see
+``data/NOTICE``). A recipe names them ``builtin:v1`` instead of a path, so they do not depend on
+the working directory or on a download.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pickle
@@ -21,6 +26,41 @@ _SCALAR_SITES = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray",
 _DTYPE_SITES = {("numpy", "dtype")}
 _NUMERIC_KINDS = "biuf"
 _BYTES_SITES = {("_codecs", "encode")}  # protocol 2 writes bytes as _codecs.encode(str, 'latin1')
+
+
+BUILTIN_PREFIX = "builtin:"
+DATA_DIR = Path(__file__).parent / "data"
+# option -> built-in name -> file in DATA_DIR
+BUILTIN = {
+    "token_dictionary": {"v1": "v1_token_dictionary.json.gz"},
+    "gene_median_dictionary": {"v1": "v1_gene_median_dictionary.json.gz"},
+    "gene_name_id_dict": {"v1": "v1_gene_name_id_dict.json.gz"},
+    "ensembl_mapping_dict": {},
+}
+
+
+def is_builtin(value: object) -> bool:
+    """True for a ``builtin:<name>`` reference (a packaged dictionary, not a path)."""
+    return isinstance(value, str) and value.startswith(BUILTIN_PREFIX)
+
+
+def check_builtin(option: str, value: str) -> None:
+    """Raise ``ValueError`` when ``value`` (``builtin:<name>``) names no packaged file for
+    ``option``; a message for the recipe validator."""
+    name = value[len(BUILTIN_PREFIX) :]
+    known = BUILTIN.get(option, {})
+    if name not in known:
+        choices = ", ".join(f"'{BUILTIN_PREFIX}{k}'" for k in known) or "none"
+        raise ValueError(f"no built-in {option.replace('_', ' ')} '{value}' (built-in: {choices})")
+
+
+def dictionary_file(value: str | Path, option: str) -> Path:
+    """The file behind an option value: the packaged file for ``builtin:<name>``, else the path
+    (options without built-ins, such as ``model_config``, always take a path)."""
+    if is_builtin(value) and option in BUILTIN:
+        check_builtin(option, str(value))
+        return DATA_DIR / BUILTIN[option][str(value)[len(BUILTIN_PREFIX) :]]
+    return Path(value).expanduser()
 
 
 def _safe_latin1(text: object, encoding: object = "latin1") -> bytes:
@@ -96,8 +136,9 @@ def load_mapping(path: str | Path, *, what: str) -> dict[str, object]:
     Parameters
     ----------
     path
-        The file. JSON is recognised by its suffix or its first byte; anything else is read as a
-        pickle with the restricted unpickler.
+        The file, or ``builtin:<name>`` for a packaged dictionary. JSON is recognised by its
+        suffix or its first byte; anything else is read as a pickle with the restricted
+        unpickler. Gzip-compressed files (``.json.gz``, ``.pkl.gz``) are decompressed first.
     what
         A short name for messages, e.g. ``"token dictionary"``.
 
@@ -107,6 +148,11 @@ def load_mapping(path: str | Path, *, what: str) -> dict[str, object]:
         When the file is missing, unreadable, not a dict with string keys, or a pickle that needs
         anything beyond plain data.
     """
+    if is_builtin(path):
+        try:
+            path = dictionary_file(path, what.replace(" ", "_"))
+        except ValueError as exc:
+            raise CheckpointError(f"geneformer {exc}") from exc
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -114,8 +160,12 @@ def load_mapping(path: str | Path, *, what: str) -> dict[str, object]:
             hint="point the backbone option at the .json or .pkl file shipped with the model",
         )
     raw = path.read_bytes()
-    is_json = path.suffix.lower() == ".json" or raw.lstrip()[:1] in (b"{", b"[")
+    suffixes = [s.lower() for s in path.suffixes]
+    is_json = False
     try:
+        if raw[:2] == b"\x1f\x8b":  # gzip magic
+            raw = gzip.decompress(raw)
+        is_json = ".json" in suffixes or raw.lstrip()[:1] in (b"{", b"[")
         obj = json.loads(raw.decode("utf-8")) if is_json else safe_unpickle(raw)
     except (
         pickle.UnpicklingError,
@@ -126,6 +176,7 @@ def load_mapping(path: str | Path, *, what: str) -> dict[str, object]:
         IndexError,
         KeyError,
         UnicodeDecodeError,
+        OSError,  # a damaged gzip stream (gzip.BadGzipFile)
     ) as exc:
         kind = "JSON" if is_json else "pickle"
         raise CheckpointError(

@@ -42,6 +42,7 @@ class GeneformerBackbone(Backbone):
     name = "geneformer"
     config_cls = GeneformerConfig
     provides = frozenset(Capability)
+    parameter_free_options = {"pooling": "mean"}
     description = "Geneformer V1/V2: HF BERT over rank-value gene tokens (mean-pooled cells)"
     licence = "Apache-2.0 (ctheodoris/Geneformer; tokenizer reimplemented)"
 
@@ -224,6 +225,7 @@ class GeneformerBackbone(Backbone):
         return write_example(Path(workdir), genes)
 
     def fingerprint(self, config: GeneformerConfig) -> dict[str, str]:
+        from sctune.backbones.geneformer.dictionaries import dictionary_file
         from sctune.backbones.geneformer.weights import weight_file
         from sctune.core.artifacts import sha256_file as sha256
 
@@ -239,11 +241,13 @@ class GeneformerBackbone(Backbone):
             "ensembl_mapping_dict",
         ):
             path = getattr(config, key)
-            if path and Path(path).expanduser().is_file():
-                out[key.replace("_path", "")] = sha256(Path(path).expanduser())
+            file = dictionary_file(path, key) if path else None  # builtin:v1 -> packaged file
+            if file is not None and file.is_file():
+                out[key.replace("_path", "")] = sha256(file)
         return out
 
     def check(self, config: GeneformerConfig) -> list[tuple[str, str]]:
+        from sctune.backbones.geneformer.dictionaries import dictionary_file
         from sctune.backbones.geneformer.weights import WEIGHT_FILES
 
         problems = []
@@ -277,7 +281,7 @@ class GeneformerBackbone(Backbone):
             },
         }
         for key, path in files.items():
-            if path and not Path(path).expanduser().is_file():
+            if path and not dictionary_file(path, key).is_file():
                 problems.append((f"backbone.{key}", f"file '{path}' does not exist"))
         return problems
 

@@ -49,6 +49,7 @@ class ScBERTBackbone(Backbone):
     name: ClassVar[str] = "scbert"
     config_cls: ClassVar[type[PluginConfig]] = ScBERTConfig
     provides: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    parameter_free_options: ClassVar[dict[str, object]] = {"pooling": "mean"}
     description: ClassVar[str] = (
         "scBERT (Performer, FAVOR+ attention, 6 x 200, 16,906 genes by position); "
         "pooling: scBERT's conv/fc1 stem or mean"
@@ -240,6 +241,20 @@ class ScBERTBackbone(Backbone):
             path = getattr(cfg, key)
             if path is not None and not Path(path).is_file():
                 problems.append((f"backbone.{key}", f"file '{path}' not found"))
+        if problems:
+            return problems
+        from sctune.backbones.scbert.weights import gene2vec_problem, read_gene_order
+
+        n_genes = None
+        if cfg.gene_order is not None:
+            try:
+                n_genes = len(read_gene_order(cfg.gene_order))
+            except CheckpointError as exc:
+                problems.append(("backbone.gene_order", exc.message.split(": ", 1)[-1]))
+        if cfg.gene2vec is not None:
+            problem = gene2vec_problem(cfg.gene2vec, n_genes=n_genes, dim=cfg.dim)
+            if problem:
+                problems.append(("backbone.gene2vec", problem))
         if cfg.checkpoint is not None and cfg.gene_order is None:
             problems.append(
                 (

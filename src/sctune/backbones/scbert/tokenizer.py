@@ -22,7 +22,7 @@ from scipy import sparse
 
 from sctune.backbones.scbert.model import MASK_TOKEN, MAX_LEVEL
 from sctune.core.cells import Expression, GeneMatch, TokenizedCells, looks_like_ensembl
-from sctune.core.errors import DataError
+from sctune.core.errors import DataError, SctuneWarning
 
 TARGET_SUM = 1e4
 _CHUNK = 512
@@ -143,7 +143,7 @@ def tokenize(
                 "intact: filter the data beforehand to match scBERT"
             )
     for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, SctuneWarning, stacklevel=2)
     return TokenizedCells(
         fields={"tokens": tokens},
         pad_values={"tokens": MASK_TOKEN},

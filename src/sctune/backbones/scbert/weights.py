@@ -44,7 +44,15 @@ def read_gene_order(path: str | Path) -> list[str]:
             hint="give the 16,906-gene order of scBERT's pretraining (one symbol per line, the "
             "var_names of 'panglao_10000.h5ad')",
         )
-    genes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"backbone.gene_order: '{path}' is not a UTF-8 text file (byte 0x{exc.object[exc.start]:02x}"
+            f" at offset {exc.start})",
+            hint="give a text file with one gene symbol per line",
+        ) from None
+    genes = [line.strip() for line in text.splitlines() if line.strip()]
     if not genes:
         raise CheckpointError(f"backbone.gene_order: file '{path}' holds no gene symbols")
     return genes
@@ -59,13 +67,45 @@ def read_gene2vec(path: str | Path, *, n_genes: int | None, dim: int) -> np.ndar
             f"backbone.gene2vec: file '{path}' not found",
             hint=f"give a .npy array of shape {expected} (scBERT: 'gene2vec_16906.npy')",
         )
-    arr = np.load(path, allow_pickle=False)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # not .npy, truncated, or a pickle
+        raise CheckpointError(
+            f"backbone.gene2vec: '{path}' is not a readable .npy array ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})",
+            hint=f"give a .npy array of shape {expected} saved with numpy.save",
+        ) from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise CheckpointError(
+            f"backbone.gene2vec: '{path}' does not hold a numeric array",
+            hint=f"give a .npy array of shape {expected} saved with numpy.save",
+        )
     if arr.ndim != 2 or arr.shape[1] != dim or (n_genes is not None and arr.shape[0] != n_genes):
         raise CheckpointError(
             f"backbone.gene2vec: '{path}' has shape {list(arr.shape)}, expected {expected}\n"
             "  rows must equal the lines of 'gene_order' and columns must equal 'dim'"
         )
     return np.asarray(arr, dtype=np.float32)
+
+
+def gene2vec_problem(path: str | Path, *, n_genes: int | None, dim: int) -> str | None:
+    """Why the gene2vec file cannot be used (read from its header only), or ``None``."""
+    try:
+        arr = np.load(Path(path), mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        return (
+            f"'{path}' is not a readable .npy array ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+        )
+    expected = f"[{n_genes if n_genes is not None else 'n_genes'}, {dim}]"
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        return f"'{path}' does not hold a numeric array"
+    if arr.ndim != 2 or arr.shape[1] != dim or (n_genes is not None and arr.shape[0] != n_genes):
+        return (
+            f"'{path}' has shape {list(arr.shape)}, expected {expected} (rows: the lines of "
+            "'gene_order', columns: 'dim')"
+        )
+    return None
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -71,11 +71,13 @@ def read_args(folder: Path) -> dict[str, Any]:
     """Read ``args.json`` and check the architecture fields."""
     path = Path(folder) / ARGS
     try:
-        args = json.loads(path.read_text())
-    except FileNotFoundError:
+        args = json.loads(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"checkpoint folder '{folder}' has no '{ARGS}'") from None
-    except json.JSONDecodeError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"'{path}' is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise CheckpointError(f"'{path}' must be a JSON object of architecture fields")
     missing = [k for k in REQUIRED_ARGS if k not in args]
     if missing:
         raise CheckpointError(
@@ -89,10 +91,12 @@ def read_vocab(path: Path) -> dict[str, int]:
     """Read a ``vocab.json`` and append any missing ``<pad>``, ``<cls>``, ``<eoc>``."""
     path = Path(path)
     try:
-        vocab = json.loads(path.read_text())
-    except FileNotFoundError:
+        vocab = json.loads(path.read_bytes().decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
         raise CheckpointError(f"vocabulary file '{path}' not found") from None
-    except json.JSONDecodeError as exc:
+    except IsADirectoryError:
+        raise CheckpointError(f"vocabulary '{path}' is a directory, not a vocab.json") from None
+    except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"'{path}' is not valid JSON: {exc}") from None
     if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
         raise CheckpointError(f"'{path}' must be a JSON object mapping gene symbol to integer id")
