@@ -26,6 +26,7 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    context: Any = field(default=None, repr=False)  # what hooks saw (the engine's RunContext)
 
 
 def get_registry(
@@ -189,6 +190,9 @@ def run(
     rundir.commit(stage, out)
     result.run_dir = out
     result.files = {p.name: p for p in sorted(out.iterdir())}
+    if result.context is not None:
+        result.context.run_dir = out
+    registry.pm.hook.sctune_after_run(run=result.context, result=result)  # the run is in place
     log(f"run directory: {out}")
     return result
 

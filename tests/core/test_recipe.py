@@ -64,7 +64,7 @@ def test_envelope_and_plugin_problems_are_collected(registry) -> None:
 
 def test_schema_version(registry) -> None:
     message = _problems(_base(sctune=2), registry)
-    assert "sctune: value error, unsupported recipe schema version 2" in message
+    assert "sctune: unsupported recipe schema version 2" in message
     assert "required key is missing" in _problems(
         {k: v for k, v in _base().items() if k != "sctune"}, registry
     )

@@ -135,3 +135,79 @@ def test_signals_exit_with_shell_codes_and_keep_the_run(
 def test_resume_without_an_interrupted_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(rundir.RecipeError, match="no interrupted run"):
         api.run("quickstart", [f"output.dir={tmp_path / 'x'}"], resume=True, progress=False)
+
+
+class _StopAfterFirstEpoch:
+    """A plugin that interrupts a run as Ctrl-C would, right after its first epoch."""
+
+    armed = True
+
+    @staticmethod
+    def sctune_after_epoch(run, epoch, metrics) -> None:
+        if _StopAfterFirstEpoch.armed and epoch == 1:
+            raise KeyboardInterrupt
+
+
+def _resume_cases() -> list:
+    """Every shipped recipe that runs offline with its own method, and every registered method
+    on the quickstart (so new recipes and new adapters join)."""
+    from sctune import hookimpl
+
+    _StopAfterFirstEpoch.sctune_after_epoch = staticmethod(
+        hookimpl(_StopAfterFirstEpoch.sctune_after_epoch)
+    )
+    registry = api.get_registry()
+    cases = []
+    for name in api.recipes(registry):
+        try:
+            rec = api.load(name, registry=registry)
+            api.validate(name, registry=registry, check_data=False)
+        except Exception:  # needs a user's checkpoint (checked in test_roundtrip_recipes)
+            continue
+        cases.append(pytest.param(name, None, id=f"{name}-{rec.adapters[0].name}"))
+    for adapter in registry.names("adapter"):
+        if registry.get("adapter", adapter).cls.trains:
+            cases.append(pytest.param("quickstart", adapter, id=f"quickstart-{adapter}"))
+    return cases
+
+
+@pytest.mark.parametrize(("recipe", "adapter"), _resume_cases())
+def test_interrupted_after_an_epoch_resumes_to_the_same_result(
+    recipe: str, adapter: str | None, tmp_path: Path
+) -> None:
+    registry = api.get_registry(extra=[("stop-after-first-epoch", _StopAfterFirstEpoch)])
+    overrides = [
+        "data.max_cells=100",
+        "data.min_class_cells=1",
+        "trainer.epochs=2",
+        "trainer.early_stopping=null",
+        "trainer.num_threads=1",
+        "trainer.device=cpu",
+        "output.plots=false",
+        *([f"adapter={{name: {adapter}}}"] if adapter else []),
+    ]
+
+    def run(out: Path, **kw):
+        return api.run(
+            recipe,
+            [*overrides, f"output.dir={out}"],
+            registry=registry,
+            progress=False,
+            log=lambda m: None,
+            **kw,
+        )
+
+    _StopAfterFirstEpoch.armed = False
+    ref = run(tmp_path / "ref").run_dir
+    _StopAfterFirstEpoch.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    assert rundir.describe(rundir.partial_path(tmp_path / "cut")) == "interrupted"
+    _StopAfterFirstEpoch.armed = False
+    cut = run(tmp_path / "cut", resume=True).run_dir
+    for name in ("adapter.safetensors", "head.safetensors"):
+        assert (cut / name).read_bytes() == (ref / name).read_bytes(), name
+    got = json.loads((cut / "metrics.json").read_text())
+    want = json.loads((ref / "metrics.json").read_text())
+    assert _strip_seconds(got) == _strip_seconds(want)
+    assert got["train"]["epochs_run"] == 2

@@ -118,8 +118,9 @@ def sctune_before_run(run: Any) -> None:
 def sctune_after_epoch(run: Any, epoch: int, metrics: dict[str, float]) -> None:
     """Called at the end of every training epoch with that epoch's metrics.
 
-    When: after validation of ``epoch`` (0-based). ``metrics`` maps names such as
-    ``train/loss`` and ``valid/loss`` to floats.
+    When: after validation of ``epoch`` (counted from 1, as the console, ``train_log.jsonl``
+    and ``metrics.json`` count) and after that epoch's checkpoint is saved. ``metrics`` maps
+    names such as ``train/loss`` and ``valid/loss`` to floats.
 
     Example::
 

@@ -291,8 +291,7 @@ def execute(
     if rec.envelope.output.predictions:
         _write_predictions(run_dir, rec, data, split, pred, conf, emb)
     files = {p.name: p for p in sorted(run_dir.iterdir())}
-    result = RunResult(run_dir, metrics, files)
-    registry.pm.hook.sctune_after_run(run=ctx, result=result)
+    result = RunResult(run_dir, metrics, files, context=ctx)  # api.run calls sctune_after_run
     t = test_metrics
     log(
         f"test: accuracy {t['accuracy']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "

@@ -276,9 +276,6 @@ def fit(
             history.append(metrics)
             with log_path.open("a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-            on_epoch(epoch, metrics)
-            if prog is not None:
-                prog.console.log(_fmt(metrics))
             monitor = es.monitor if es else "valid/loss"
             value = metrics.get(monitor)
             if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -314,6 +311,9 @@ def fit(
                         "sampler": sampler_gen.get_state(),
                     },
                 )
+            on_epoch(epoch + 1, metrics)  # after the checkpoint: a failing hook loses no epoch
+            if prog is not None:
+                prog.console.log(_fmt(metrics))
             if stopped:
                 if prog is not None:
                     prog.console.log(

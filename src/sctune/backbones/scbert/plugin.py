@@ -241,20 +241,6 @@ class ScBERTBackbone(Backbone):
             path = getattr(cfg, key)
             if path is not None and not Path(path).is_file():
                 problems.append((f"backbone.{key}", f"file '{path}' not found"))
-        if problems:
-            return problems
-        from sctune.backbones.scbert.weights import gene2vec_problem, read_gene_order
-
-        n_genes = None
-        if cfg.gene_order is not None:
-            try:
-                n_genes = len(read_gene_order(cfg.gene_order))
-            except CheckpointError as exc:
-                problems.append(("backbone.gene_order", exc.message.split(": ", 1)[-1]))
-        if cfg.gene2vec is not None:
-            problem = gene2vec_problem(cfg.gene2vec, n_genes=n_genes, dim=cfg.dim)
-            if problem:
-                problems.append(("backbone.gene2vec", problem))
         if cfg.checkpoint is not None and cfg.gene_order is None:
             problems.append(
                 (
@@ -265,6 +251,18 @@ class ScBERTBackbone(Backbone):
                     ),
                 )
             )
+        from sctune.backbones.scbert.weights import gene2vec_problem, read_gene_order
+
+        n_genes = None
+        if cfg.gene_order is not None and Path(cfg.gene_order).is_file():
+            try:
+                n_genes = len(read_gene_order(cfg.gene_order))
+            except CheckpointError as exc:
+                problems.append(("backbone.gene_order", exc.message.split(": ", 1)[-1]))
+        if cfg.gene2vec is not None and Path(cfg.gene2vec).is_file():
+            problem = gene2vec_problem(cfg.gene2vec, n_genes=n_genes, dim=cfg.dim)
+            if problem:
+                problems.append(("backbone.gene2vec", problem))
         return problems
 
 
