@@ -21,7 +21,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from sctune import api
+from sctune import api, hookimpl
 from sctune.core import rundir
 
 # dropout > 0 and a weighted sampler make the result depend on every RNG the trainer uses
@@ -132,6 +132,21 @@ def test_signals_exit_with_shell_codes_and_keep_the_run(
     assert not out.exists()
 
 
+def test_resume_with_another_recipe_is_refused(tmp_path: Path) -> None:
+    registry = api.get_registry(extra=[("stop-after-first-epoch", _StopAfterFirstEpoch)])
+    base = ["data.max_cells=100", "data.min_class_cells=1", "trainer.epochs=2"]
+    base += ["output.plots=false", f"output.dir={tmp_path / 'run'}"]
+    _StopAfterFirstEpoch.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        api.run("quickstart", base, registry=registry, progress=False, log=lambda m: None)
+    _StopAfterFirstEpoch.armed = False
+    with pytest.raises(
+        rundir.RecipeError, match=r"trainer\.optimizer\.lr: 0\.001 then, 0\.01 now"
+    ):
+        api.run("quickstart", [*base, "trainer.optimizer.lr=0.01"], resume=True, progress=False)
+    assert rundir.describe(rundir.partial_path(tmp_path / "run")) in ("interrupted", "failed")
+
+
 def test_resume_without_an_interrupted_run_is_refused(tmp_path: Path) -> None:
     with pytest.raises(rundir.RecipeError, match="no interrupted run"):
         api.run("quickstart", [f"output.dir={tmp_path / 'x'}"], resume=True, progress=False)
@@ -143,6 +158,7 @@ class _StopAfterFirstEpoch:
     armed = True
 
     @staticmethod
+    @hookimpl
     def sctune_after_epoch(run, epoch, metrics) -> None:
         if _StopAfterFirstEpoch.armed and epoch == 1:
             raise KeyboardInterrupt
@@ -151,11 +167,6 @@ class _StopAfterFirstEpoch:
 def _resume_cases() -> list:
     """Every shipped recipe that runs offline with its own method, and every registered method
     on the quickstart (so new recipes and new adapters join)."""
-    from sctune import hookimpl
-
-    _StopAfterFirstEpoch.sctune_after_epoch = staticmethod(
-        hookimpl(_StopAfterFirstEpoch.sctune_after_epoch)
-    )
     registry = api.get_registry()
     cases = []
     for name in api.recipes(registry):

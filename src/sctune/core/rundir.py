@@ -25,6 +25,7 @@ from sctune.core.errors import RecipeError
 
 MARKER = "sctune-run.json"
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "last.pt"  # inside CHECKPOINT_DIR, rewritten after every epoch
 LEGACY_FILES = ("adapter.json", "recipe.resolved.yaml")  # runs written before the marker
 
 
@@ -74,6 +75,11 @@ def write_marker(folder: Path, status: str, **extra: Any) -> None:
 def is_sctune_run(folder: Path) -> bool:
     """True for a folder sctune wrote: it has the marker (or both files of an older run)."""
     return (folder / MARKER).is_file() or all((folder / f).is_file() for f in LEGACY_FILES)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """True when at least one epoch finished and saved its checkpoint."""
+    return (folder / CHECKPOINT_DIR / CHECKPOINT_FILE).is_file()
 
 
 def _alive(pid: Any) -> bool:
@@ -135,7 +141,7 @@ def begin(out: Path, *, overwrite: bool, resume: bool, command: str) -> Path:
                 hint="wait for it, or stop it first",
             )
         if resume:
-            if not (stage / CHECKPOINT_DIR).is_dir():
+            if not has_checkpoint(stage):
                 raise RecipeError(
                     f"--resume: '{stage}' ({state}) has no checkpoint; no epoch had finished",
                     hint=f"start again with: {command} output.overwrite=true",
@@ -179,7 +185,7 @@ def commit(stage: Path, out: Path) -> None:
 def abandon(stage: Path, *, interrupted: bool, resumed: bool) -> None:
     """After a failure: keep an interrupted run that has a checkpoint (and any resumed run) for
     ``--resume``; remove anything else, so nothing half-written stays behind."""
-    if resumed or (interrupted and (stage / CHECKPOINT_DIR).is_dir()):
+    if resumed or (interrupted and has_checkpoint(stage)):
         write_marker(stage, "interrupted" if interrupted else "failed")
     else:
         shutil.rmtree(stage, ignore_errors=True)

@@ -134,6 +134,41 @@ def _refuse_untrained_stems(backbone: Any, bcfg: Any, adapters: list[tuple[Any, 
         )
 
 
+def _same_recipe_on_resume(rec: Any, path: Path, resume: bool) -> None:
+    """Record the recipe a run starts with; refuse to resume it under a different one."""
+    now = rec.resolved()
+    now["output"].pop("overwrite", None)
+    if not resume or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        A.write_json(path, now)
+        return
+    before = A.read_json(path)
+    flat_before, flat_now = _flatten(before), _flatten(json.loads(json.dumps(now, default=str)))
+    changed = sorted(
+        k for k in flat_before.keys() | flat_now.keys() if flat_before.get(k) != flat_now.get(k)
+    )
+    if changed:
+        from sctune.core.errors import RecipeError
+
+        raise RecipeError(
+            "--resume: the recipe differs from the one the interrupted run started with:\n  "
+            + "\n  ".join(
+                f"{k}: {flat_before.get(k)!r} then, {flat_now.get(k)!r} now" for k in changed[:10]
+            ),
+            hint="resume with the same recipe and overrides, or start again with "
+            "output.overwrite=true",
+        )
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def execute(
     rec: Any,
     registry: Any,
@@ -153,6 +188,7 @@ def execute(
     np.random.seed(seed)
     if rec.trainer.num_threads:
         torch.set_num_threads(rec.trainer.num_threads)
+    _same_recipe_on_resume(rec, run_dir / CHECKPOINT_DIR / "recipe.json", resume)
     inp = prepare_inputs(rec, registry, run_dir, log=log)
     backbone, adapters, task = inp.backbone, inp.adapters, inp.task
     data, split, bcfg, tokens = inp.data, inp.split, inp.bcfg, inp.tokens
@@ -410,11 +446,18 @@ def _write_predictions(
     obs["sctune_split"] = part.astype(str)
     obs["sctune_prediction"] = pred.astype(str)
     obs["sctune_confidence"] = conf.astype(np.float32)
-    out = ad.AnnData(
-        X=data.expression.X,
-        obs=obs,
-        var=__import__("pandas").DataFrame(index=list(data.expression.genes)),
-    )
+    import pandas as pd
+
+    expr = data.expression
+    var = pd.DataFrame(index=pd.Index(list(expr.genes)))
+    # the identifier columns predict reads, so predictions.h5ad is a valid query for this run
+    if rec.data.gene_column is not None:
+        var[rec.data.gene_column] = list(expr.genes)
+    if expr.gene_symbols is not None and "gene_symbol" not in var.columns:
+        var["gene_symbol"] = list(expr.gene_symbols)
+    if expr.gene_ids is not None and "gene_ids" not in var.columns:
+        var["gene_ids"] = list(expr.gene_ids)
+    out = ad.AnnData(X=expr.X, obs=obs, var=var)
     out.var_names_make_unique()
     out.obsm["X_sctune"] = emb.astype(np.float32)
     out.uns["sctune"] = {"recipe": rec.name, "label_column": rec.data.label_column}

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomS
 
 from sctune.core.assembly import Assembled
 from sctune.core.audit import GradientAudit, audit_gradients
+from sctune.core.rundir import CHECKPOINT_FILE
 from sctune.core.task import StepOutput
 
 
@@ -355,9 +356,6 @@ def _set_rng(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-CHECKPOINT_FILE = "last.pt"
 
 
 def _save_checkpoint(folder: Path, payload: dict[str, Any]) -> None:
