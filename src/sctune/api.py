@@ -93,7 +93,6 @@ def validate(
                 tempfile.TemporaryDirectory(prefix="sctune-validate-") as tmp,
                 warnings.catch_warnings(record=True) as caught,
             ):
-                warnings.simplefilter("default")
                 inputs = prepare_inputs(rec, registry, Path(tmp))
                 _dry_build(rec, inputs)
         except BaseException:  # the warnings before the error still count

@@ -192,6 +192,6 @@ def test_tensorboard_log_and_hooks(toy_registry, tmp_path: Path, tiny_h5ad: Path
     rec["trainer"]["tensorboard"] = True
     result = api.run(rec, registry=registry, progress=False, log=lambda m: None)
     assert list((result.run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert seen == ["before", "epoch0", "epoch1", "after"]
+    assert seen == ["before", "epoch1", "epoch2", "after"]  # epochs count from 1
     lines = (result.run_dir / A.TRAIN_LOG).read_text().splitlines()
     assert len(lines) == 2

@@ -415,7 +415,7 @@ recipe_case("adapter-unknown-option", {"adapter": {"rnak": 4}}, "adapter.rnak: u
 recipe_case(
     "adapter-baseline-combined",
     {"adapter": [{"name": "lora"}, {"name": "zero_shot"}]},
-    "baselines cannot be combined",
+    "cannot be combined with other adapters",
 )
 recipe_case("adapter-list-item-string", {"adapter": ["lora"]}, "adapter.0: expected a mapping")
 recipe_case("backbone-missing", {"backbone": DROP}, "backbone: required key is missing")
@@ -531,6 +531,14 @@ def _(ws: Workspace) -> list[str]:
     return [ws.recipe({"output": {"dir": DROP}})]
 
 
+if __import__("importlib.util").util.find_spec("tensorboard") is None:
+    recipe_case(
+        "tensorboard-not-installed",
+        {"trainer": {"tensorboard": True}},
+        "trainer.tensorboard:",
+        "not installed",
+        commands=BOTH,
+    )
 if not __import__("torch").cuda.is_available():
     recipe_case(
         "device-cuda-without-cuda",
@@ -614,8 +622,8 @@ data_case(
     "X is None",
     patch={"data": {"source": "X"}},
 )
-data_case("nan-in-x", "nan", "data.source:", "2 NaN", "'")
-data_case("inf-in-x", "inf", "data.source:", "1 infinite")
+data_case("nan-in-x", "nan", "data.source: X of 'nan.h5ad' holds 2 NaN values in 2 cells")
+data_case("inf-in-x", "inf", "data.source:", "holds 1 infinite value in 1 cell ")
 data_case(
     "nan-in-chosen-layer",
     "nan_layer",
@@ -624,7 +632,7 @@ data_case(
     patch={"data": {"source": "layer:counts"}},
 )
 data_case("empty-labels", "empty_labels", "data.label_column:", "3 empty labels")
-data_case("blank-labels", "blank_labels", "data.label_column:", "1 empty labels")
+data_case("blank-labels", "blank_labels", "data.label_column:", "1 empty label (")
 data_case("missing-labels", "nan_labels", "data.label_column:", "2 missing labels")
 data_case("single-class", "one_class", "data.label_column:", "the same label", "'B cell'")
 data_case(
@@ -857,27 +865,30 @@ case(
     "predict-run-corrupt-recipe",
     "recipe.resolved.yaml",
     commands=P,
-    known_gap="predictor.rebuild reads recipe.resolved.yaml without a guard (lead's rewrite)",
 )(lambda ws: _predict(ws, damage=_write("recipe.resolved.yaml", b"\xff\xfe\x00bad: [\n")))
-case("predict-query-missing", "query '", "does not exist", commands=P)(
+case("predict-query-missing", "query: file '", "does not exist", commands=P)(
     lambda ws: _predict(ws, query=str(ws.root / "nope.h5ad"))
 )
-case("predict-query-directory", "query '", "is a directory", commands=P)(
+case("predict-query-directory", "query: '", "is a directory", commands=P)(
     lambda ws: _predict(ws, query=str(ws.file("q/x").parent))
 )
-case("predict-query-not-h5ad", "query '", "could not be read as h5ad", commands=P)(
+case("predict-query-not-h5ad", "query: '", "could not be read as h5ad", commands=P)(
     lambda ws: _predict(ws, query=str(ws.file("q.h5ad", "text")))
 )
-case("predict-query-zero-cells", "query '", "has no cells", "nothing to annotate", commands=P)(
-    lambda ws: _predict(ws, query=str(ws.data("zero_cells")))
-)
+case(
+    "predict-query-zero-cells",
+    "query: 'zero_cells.h5ad'",
+    "has no cells",
+    "nothing to annotate",
+    commands=P,
+)(lambda ws: _predict(ws, query=str(ws.data("zero_cells"))))
 case("predict-query-no-shared-genes", "query '", "has 0 of the run's", commands=P)(
     lambda ws: _predict(ws, query=str(ws.data("renamed_genes")))
 )
-case("predict-query-no-matrix", "query '", "holds no expression matrix", commands=P)(
+case("predict-query-no-matrix", "query: 'x_none.h5ad'", "holds no expression matrix", commands=P)(
     lambda ws: _predict(ws, query=str(ws.data("x_none")))
 )
-case("predict-query-nan", "query '", "NaN", commands=P)(
+case("predict-query-nan", "query (the run's data.source): X of 'nan.h5ad'", "NaN", commands=P)(
     lambda ws: _predict(ws, query=str(ws.data("nan")))
 )
 case("predict-query-empty-path", "query", "empty", commands=P)(lambda ws: _predict(ws, query=" "))
@@ -1065,3 +1076,13 @@ def test_predict_reports_low_coverage_of_the_runs_genes(
     assert code == 0, text
     assert f"has 32 of the run's {N_GENES} genes (40%)" in text, text
     assert "warning: query '" in text and out.is_file()
+
+
+def test_validate_warns_that_run_would_refuse_an_existing_run_directory(
+    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    ws = Workspace(tmp_path, variants)
+    ws.file("run/metrics.json", "{}")
+    code, text = _cli(["validate", ws.recipe(), "--no-data"], cached_registry, monkeypatch, capsys)
+    assert code == 0, text
+    assert "warning: output.dir: run directory" in text and "output.overwrite=true" in text

@@ -91,7 +91,7 @@ def test_two_adapters_and_baseline_combinations(registry) -> None:
     )
     assert [a.name for a in rec.adapters] == ["gene_token_prompt", "gene_encoder_prompt"]
     message = _problems(_base(adapter=[{"name": "full"}, {"name": "lora"}]), registry)
-    assert "baselines cannot be combined" in message
+    assert "cannot be combined with other adapters" in message
     message = _problems(_base(adapter=[{"name": "lora"}, {"name": "lora"}]), registry)
     assert "listed twice" in message
 

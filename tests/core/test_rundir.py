@@ -22,7 +22,11 @@ FAST = [
 
 def _run(out: Path, *extra: str, **kw):
     return api.run(
-        "quickstart", [*FAST, f"output.dir={out}", *extra], progress=False, log=lambda m: None, **kw
+        "quickstart",
+        [*FAST, f"output.dir={out}", *extra],
+        progress=False,
+        log=lambda m: None,
+        **kw,
     )
 
 

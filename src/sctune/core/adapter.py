@@ -43,6 +43,14 @@ class Adapter(ABC):
         Capabilities the backbone must provide (an empty set fits every backbone).
     trains
         ``False`` for methods with no gradient training (``zero_shot``: kNN on frozen embeddings).
+    exclusive
+        ``True`` for a method that is the whole adaptation on its own (the baselines ``full``,
+        ``head``, ``zero_shot``): it cannot be listed together with other adapters. Adapters that
+        add tensors through insertion points leave it ``False`` and combine freely.
+
+    Traits that depend on the options are methods: :meth:`requires_for`,
+    :meth:`uses_cached_embeddings`, :meth:`merge_for_inference`. The engine reads only these
+    declarations, never an adapter's name.
     """
 
     name: ClassVar[str]
@@ -50,6 +58,24 @@ class Adapter(ABC):
     requires: ClassVar[frozenset[Capability]] = frozenset()
     description: ClassVar[str] = ""
     trains: ClassVar[bool] = True
+    exclusive: ClassVar[bool] = False
+
+    @classmethod
+    def requires_for(cls, config: PluginConfig) -> frozenset[Capability]:
+        """The capabilities this configuration needs; :attr:`requires` unless an option drops
+        one (``gene_encoder_prompt`` without its MLP adapter needs no ``ffn_parallel``). Checked
+        by ``sctune validate`` against the backbone's ``provides``."""
+        return cls.requires
+
+    def uses_cached_embeddings(self, config: PluginConfig) -> bool:
+        """True when the backbone stays exactly as built (frozen, no new tensors inside), so the
+        engine may embed every cell once in eval mode and train only the head on the cache."""
+        return False
+
+    def merge_for_inference(self, config: PluginConfig) -> bool:
+        """True when the handle's ``merge`` should fold the adapter into the backbone weights
+        for evaluation and prediction (the saved files still hold the unmerged tensors)."""
+        return False
 
     @abstractmethod
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:

@@ -50,7 +50,9 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> int:
     from safetensors.torch import save_file
 
     # clone: tied or shared tensors (one storage, several names) must become separate tensors
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+    save_file(
+        {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path)
+    )
     return path.stat().st_size
 
 

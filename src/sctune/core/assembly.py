@@ -63,10 +63,15 @@ class Assembled:
                 out["adapter"][name] = tensor
         return out
 
-    def merge(self) -> None:
-        for h in self.handles:
-            if h.merge is not None:
-                h.merge()
+    adapters: list[tuple[Any, Any]] = field(default_factory=list)  # (plugin, config), as handles
+
+    def merged_for_inference(self) -> list[AdapterHandle]:
+        """Handles whose adapter asks to be folded into the weights for inference."""
+        return [
+            h
+            for h, (plugin, cfg) in zip(self.handles, self.adapters)
+            if h.merge is not None and plugin.merge_for_inference(cfg)
+        ]
 
 
 def assemble(
@@ -85,11 +90,13 @@ def assemble(
         module = backbone_plugin.build(backbone_cfg, load_weights=load_weights)
     for p in module.parameters():
         p.requires_grad_(False)
-    base_buffers = {f"{id(b)}": b.detach().cpu().clone() for b in module.buffers() if not b.is_meta}
+    base_buffers = {
+        f"{id(b)}": b.detach().cpu().clone() for b in module.buffers() if not b.is_meta
+    }
     surfaces = backbone_plugin.surfaces(module)
     handles = []
     for plugin, cfg in adapters:
-        requires = plugin.requires_for(cfg) if hasattr(plugin, "requires_for") else plugin.requires
+        requires = plugin.requires_for(cfg)
         missing = set(requires) - set(surfaces.provides())
         if missing:
             raise CompatibilityError(
@@ -115,7 +122,9 @@ def assemble(
                 fresh_ids.add(id(p))
     head = task.head(int(module.hidden_size), prepared, task_cfg)
     model = CellModel(module, head)
-    out = Assembled(model, handles, fresh_modules=fresh, base_buffers=base_buffers)
+    out = Assembled(
+        model, handles, fresh_modules=fresh, base_buffers=base_buffers, adapters=list(adapters)
+    )
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

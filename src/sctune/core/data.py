@@ -46,6 +46,13 @@ def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
             adata = _pbmc68k_counts(adata)
         return adata
     file = Path(path)
+    if where == "data.path":
+        where_hint = (
+            "relative paths in a recipe file resolve against its folder, on the command "
+            "line against the working directory; or use 'scanpy:pbmc68k_reduced'"
+        )
+    else:
+        where_hint = "give the path of an .h5ad file, relative to the working directory"
     if file.is_dir():
         raise DataError(
             f"{where}: '{path}' is a directory, not an .h5ad file",
@@ -55,8 +62,7 @@ def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
     if not file.is_file():
         raise DataError(
             f"{where}: file '{path}' does not exist (working directory: {Path.cwd()})",
-            hint="relative paths in a recipe file resolve against its folder, on the command "
-            "line against the working directory; or use 'scanpy:pbmc68k_reduced'",
+            hint=where_hint,
         )
     import anndata as ad
 
@@ -288,6 +294,10 @@ def load_data(
     return LoadedData(expr, labels.astype(str).to_numpy(), adata.obs, chosen, notes)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
 def _examples(names: Any, mask: np.ndarray) -> str:
     shown = [str(names[i]) for i in np.flatnonzero(mask)[:3]]
     return ", ".join(f"'{c}'" for c in shown)
@@ -302,10 +312,14 @@ def _check_finite(X: sparse.csr_matrix, chosen: str, name: str, key: str, cells:
     per_cell = np.zeros(X.shape[0], dtype=bool)
     per_cell[rows] = True
     n_nan = int(np.isnan(X.data).sum())
+    found = " and ".join(
+        _count(n, what)
+        for n, what in ((n_nan, "NaN value"), (int(bad.sum()) - n_nan, "infinite value"))
+        if n
+    )
     raise DataError(
-        f"{key}: {chosen} of '{name}' holds {n_nan:,} NaN and {int(bad.sum()) - n_nan:,} infinite "
-        f"values in {int(per_cell.sum()):,} cells (e.g. {_examples(cells, per_cell)}); sctune "
-        "needs finite expression values",
+        f"{key}: {chosen} of '{name}' holds {found} in {_count(int(per_cell.sum()), 'cell')} "
+        f"(e.g. {_examples(cells, per_cell)}); sctune needs finite expression values",
         hint="fix or drop those cells before training, or point data.source at another matrix",
     )
 
@@ -315,15 +329,15 @@ def _check_labels(labels: Any, column: str, name: str, cells: Any) -> None:
     missing = labels.isna().to_numpy()
     if missing.any():
         raise DataError(
-            f"data.label_column: '{column}' has {int(missing.sum())} missing labels in '{name}' "
-            f"(e.g. cells {_examples(cells, missing)})",
+            f"data.label_column: '{column}' has {_count(int(missing.sum()), 'missing label')} "
+            f"in '{name}' (e.g. cells {_examples(cells, missing)})",
             hint="drop unlabeled cells before training, or fill them with a label",
         )
     blank = labels.astype(str).str.strip().eq("").to_numpy()
     if blank.any():
         raise DataError(
-            f"data.label_column: '{column}' has {int(blank.sum())} empty labels ('' or only "
-            f"spaces) in '{name}' (e.g. cells {_examples(cells, blank)})",
+            f"data.label_column: '{column}' has {_count(int(blank.sum()), 'empty label')} ('' or "
+            f"only spaces) in '{name}' (e.g. cells {_examples(cells, blank)})",
             hint="drop unlabeled cells before training, or fill them with a label",
         )
 
@@ -479,8 +493,13 @@ def read_split(path: Path, cell_ids: list[str]) -> dict[str, np.ndarray]:
     for s in SPLITS:
         ids = payload.get(s)
         if not isinstance(ids, list) or not all(isinstance(c, str) for c in ids):
-            got = "missing" if ids is None else f"a {type(ids).__name__}"
-            problems.append(f"'{s}' must be a list of cell ids (strings); it is {got}")
+            odd = (
+                ids
+                if not isinstance(ids, list)
+                else next(c for c in ids if not isinstance(c, str))
+            )
+            got = "missing" if ids is None else f"{type(odd).__name__} {odd!r}"
+            problems.append(f"'{s}' must be a list of cell ids (strings); found {got}")
     if problems:
         raise DataError(
             f"{where}: '{path}' is not a split file\n  " + "\n  ".join(problems),

@@ -38,12 +38,29 @@ def _explicit(config_cls: Any, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_recipe(path: Path) -> dict[str, Any]:
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(
+            f"'{path.parent}' is not a complete sctune run directory: '{path.name}' is missing"
+        ) from exc
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise CheckpointError(
+            f"'{path}' is not a readable recipe ({type(exc).__name__})",
+            hint="the run directory is damaged; rerun the recipe, or restore the file from a copy",
+        ) from exc
+    if not isinstance(recipe, dict):
+        raise CheckpointError(f"'{path}' does not hold a recipe mapping")
+    return recipe
+
+
 def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> tuple[Any, ...]:
     """Return ``(backbone, bcfg, asm, task, prepared, manifest, recipe)`` with trained tensors loaded."""
     from sctune.core.assembly import assemble
 
     manifest = A.read_json(run_dir / A.MANIFEST)
-    recipe = yaml.safe_load((run_dir / A.RECIPE).read_text())
+    recipe = _read_recipe(run_dir / A.RECIPE)
     bname = manifest["backbone"]["name"]
     backbone = registry.instance("backbone", bname)
     options = {
@@ -164,9 +181,12 @@ def predict_h5ad(
     overwrite: bool = False,
 ) -> Path:
     from sctune.core.data import load_data
-    from sctune.core.recipe import DataConfig
+    from sctune.core.recipe import DataConfig, output_dir_problem
     from sctune.core.trainer import embed_and_score, make_accelerator
 
+    problem = output_dir_problem(output.parent, key="--output")
+    if problem:
+        raise CheckpointError(problem.replace("output.dir", "--output"))
     if output.exists() and not (overwrite and output.is_file()):
         raise CheckpointError(
             f"--output: '{output}' already exists; nothing was overwritten",
@@ -177,7 +197,7 @@ def predict_h5ad(
     )
     dcfg = manifest["data"]
     seed = int(manifest.get("seed", 0))
-    where = f"query '{query}'"  # errors name the query argument, not the run's data.path
+    where = "query"  # errors name the query argument, not the run's data.path
     if not str(query).strip():
         raise DataError("query: the query path is empty; give the .h5ad file to annotate")
     data = load_data(
@@ -192,7 +212,7 @@ def predict_h5ad(
         require_labels=False,
         where=where,
     )
-    query_gene_coverage(run_dir, data.expression.genes, where, dcfg["gene_column"])
+    query_gene_coverage(run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"])
     cells = backbone.tokenize(data.expression, bcfg, seed=seed)
     from types import SimpleNamespace
 
@@ -201,9 +221,8 @@ def predict_h5ad(
     acc = make_accelerator(SimpleNamespace(precision=precision, device="auto"))
     batch_size = batch_size or int(trainer.get("eval_batch_size", 64))
     asm.model.to(acc.device)
-    for h in asm.handles:
-        if h.merge is not None and h.info.get("merge_for_inference"):
-            h.merge()
+    for h in asm.merged_for_inference():
+        h.merge()
     emb, logits = embed_and_score(asm.model, cells, batch_size, acc)
     if (run_dir / A.REFERENCE).is_file():  # zero-shot run: kNN against the saved reference
         ref = A.load_tensors(run_dir / A.REFERENCE)

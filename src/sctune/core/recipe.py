@@ -156,7 +156,10 @@ def run_name_problem(name: str) -> str | None:
     if not name.strip():
         return "the run name is empty; give a short folder name such as 'pbmc-lora'"
     if any(ord(c) < 32 or c == "\x7f" for c in name):
-        return f"the run name {shown} holds control characters (NUL, newline, ...); use letters, digits, '-', '_' or '.'"
+        return (
+            f"the run name {shown} holds control characters (NUL, newline, ...); use letters, "
+            "digits, '-', '_' or '.'"
+        )
     if "/" in name or "\\" in name:
         return (
             f"the run name {shown} holds a path separator; it must be one folder name so the run "
@@ -333,10 +336,8 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
             lines.append(f"{key}: required key is missing")
         elif err["type"] in ("model_type", "dict_type", "model_attributes_type"):
             given = err.get("input")
-            lines.append(
-                f"{key}: expected a mapping of keys (YAML 'key: value' lines), "
-                f"got {type(given).__name__} {given!r}"
-            )
+            got = "null" if given is None else f"{type(given).__name__} {given!r}"
+            lines.append(f"{key}: expected a mapping of keys (YAML 'key: value' lines), got {got}")
         elif err["type"] == "value_error":  # our validators: the message shows the value
             msg = str(err["msg"]).removeprefix("Value error, ")
             lines.append(f"{key or 'recipe'}: {msg}")
@@ -386,8 +387,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             else:
                 problems.append(f"override '{item}': cannot set '{last}'")
     if problems:
+        n = len(problems)
         raise RecipeError(
-            f"invalid overrides ({len(problems)} problems)\n  " + "\n  ".join(problems)
+            f"invalid overrides ({n} problem{'s' * (n != 1)})\n  " + "\n  ".join(problems),
+            hint="overrides are dotted.key=value pairs after the recipe, e.g. trainer.epochs=5",
         )
     return out
 
@@ -588,8 +591,8 @@ def _section_shape(kind: str, raw: Any, registry: Any) -> list[str]:
             out.append(f"{where}.name: required key is missing{installed}")
         elif not isinstance(item["name"], str):
             out.append(
-                f"{where}.name: expected a {kind} name, got {type(item['name']).__name__} "
-                f"{item['name']!r}{installed}"
+                f"{where}.name: expected the {kind}'s name as text, got "
+                f"{type(item['name']).__name__} {item['name']!r}{installed}"
             )
     return out
 
@@ -636,6 +639,14 @@ def _environment_problems(env: Envelope) -> list[str]:
     problem = output_dir_problem(out)
     if problem:
         problems.append(problem)
+    if env.trainer.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            problems.append(
+                "trainer.tensorboard: true, but the 'tensorboard' package is not installed; "
+                "pip install 'sctune[tensorboard]', or set trainer.tensorboard=false"
+            )
     if env.trainer.device == "cuda":
         import torch
 
@@ -647,6 +658,15 @@ def _environment_problems(env: Envelope) -> list[str]:
                 "or cpu"
             )
     return problems
+
+
+def _hint(problems: list[str]) -> str | None:
+    """The next step for the most useful of ``problems``."""
+    if any(p.startswith(("backbone", "adapter", "task")) for p in problems):
+        return "'sctune plugins' lists installed plugins and their options"
+    if any(p.startswith("output.dir") for p in problems):
+        return "set output.dir=PATH to a folder you can write to"
+    return "'sctune recipes init quickstart' writes a complete, commented recipe to compare with"
 
 
 def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<recipe>") -> Recipe:
@@ -706,11 +726,11 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
                 problems.append("adapter: " + exc.message)
                 compat.append(problems[-1])
     names = [a.name for a in chosen["adapter"]]
-    if len(names) > 1 and any(
-        not registry.entries["adapter"][n].cls.trains or n in ("full", "head") for n in names
-    ):
+    exclusive = [n for n in names if registry.entries["adapter"][n].cls.exclusive]
+    if len(names) > 1 and exclusive:
         problems.append(
-            f"adapter: baselines cannot be combined with other adapters (got {', '.join(names)})"
+            f"adapter: '{exclusive[0]}' is a whole method on its own and cannot be combined with "
+            f"other adapters (got {', '.join(names)})"
         )
     if len(set(names)) != len(names):
         problems.append(f"adapter: the same adapter is listed twice ({', '.join(names)})")
@@ -720,7 +740,7 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
         raise error_cls(
             f"recipe '{source}' is invalid ({len(problems)} problem{'s' * (len(problems) != 1)})\n  "
             + "\n  ".join(problems),
-            hint="'sctune plugins' lists installed plugins and their options",
+            hint=_hint(problems),
         )
     return Recipe(env, backbone, tuple(chosen["adapter"]), chosen["task"][0], source, dict(data))
 

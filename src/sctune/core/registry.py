@@ -115,9 +115,7 @@ class Registry:
         """Raise :class:`CompatibilityError` when the adapter needs what the backbone lacks."""
         b = self.get("backbone", backbone).cls
         a = self.get("adapter", adapter).cls
-        requires = set(a.requires)
-        if config is not None and hasattr(a, "requires_for"):
-            requires = set(a.requires_for(config))
+        requires = set(a.requires if config is None else a.requires_for(config))
         missing = requires - set(b.provides)
         if missing:
             raise CompatibilityError(

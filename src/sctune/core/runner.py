@@ -222,8 +222,8 @@ def execute(
 
     ctx = RunContext(rec, run_dir, asm, acc)
     registry.pm.hook.sctune_before_run(run=ctx)
-    cache = (
-        any(h.info.get("cache_embeddings") for h in asm.handles)
+    cache = (  # the backbone stays as built: embed once, train the head on the cache
+        all(a.uses_cached_embeddings(c) for a, c in adapters)
         and not asm.adapter_names
         and not any(n for n in asm.head_names if not n.startswith("head."))
     )
@@ -262,7 +262,7 @@ def execute(
             A.write_json(run_dir / A.AUDIT, fit_result.audit.as_dict())
         model = asm.model
     model.to(acc.device)
-    merged = [h for h in asm.handles if h.merge is not None and h.info.get("merge_for_inference")]
+    merged = asm.merged_for_inference()
     for h in merged:
         h.merge()
     emb, logits = embed_and_score(model, tokens, rec.trainer.eval_batch_size, acc)

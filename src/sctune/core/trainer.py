@@ -187,7 +187,11 @@ def fit(
         net = model
     sampler_gen = torch.Generator().manual_seed(seed)
     train_dl = _loader(
-        train_ds, trainer_cfg.batch_size, collate, shuffle=True, weights=weights,
+        train_ds,
+        trainer_cfg.batch_size,
+        collate,
+        shuffle=True,
+        weights=weights,
         generator=sampler_gen,
     )
     valid_dl = _loader(valid_ds, trainer_cfg.eval_batch_size, getattr(valid_ds, "collate", None))

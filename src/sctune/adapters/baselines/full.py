@@ -22,6 +22,7 @@ class FullFineTune(Adapter):
     name: ClassVar[str] = "full"
     config_cls = FullConfig
     description: ClassVar[str] = "baseline: fine-tune every backbone parameter"
+    exclusive: ClassVar[bool] = True
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
         return AdapterHandle(self.name, list(module.parameters()), info={"trains_backbone": True})

@@ -28,9 +28,14 @@ class HeadOnly(Adapter):
     name: ClassVar[str] = "head"
     config_cls = HeadConfig
     description: ClassVar[str] = "baseline: train the classifier head only (frozen backbone)"
+    exclusive: ClassVar[bool] = True
+
+    def uses_cached_embeddings(self, config: PluginConfig) -> bool:
+        assert isinstance(config, HeadConfig)
+        return config.cache_embeddings
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
-        return AdapterHandle(self.name, [], info={"cache_embeddings": config.cache_embeddings})  # type: ignore[attr-defined]
+        return AdapterHandle(self.name, [])
 
 
 @hookimpl

@@ -23,6 +23,7 @@ class ZeroShot(Adapter):
     config_cls = ZeroShotConfig
     description: ClassVar[str] = "baseline: no training, kNN label transfer on frozen embeddings"
     trains: ClassVar[bool] = False
+    exclusive: ClassVar[bool] = True
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
         return AdapterHandle(self.name, [])

@@ -34,6 +34,10 @@ class LoRA(Adapter):
         "projections included; trains the wrapped biases like scPEFT"
     )
 
+    def merge_for_inference(self, config: PluginConfig) -> bool:
+        assert isinstance(config, LoRAConfig)
+        return config.merge
+
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
         from torch import nn
 
@@ -97,7 +101,6 @@ class LoRA(Adapter):
                 "targets": list(config.targets),
                 "rank": config.rank,
                 "scale": config.alpha / config.rank,
-                "merge_for_inference": config.merge,
                 "wrapped_linears": len(wrappers),
                 "n_low_rank": n_low_rank,
                 "n_parameters": sum(p.numel() for p in params),
