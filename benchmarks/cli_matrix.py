@@ -74,7 +74,7 @@ def main() -> None:
                     f"trainer.epochs={args.epochs}",
                     f"output.dir={run_dir}",
                     "output.overwrite=true",
-                    "data.min_class_cells=1",
+                    "task.min_class_cells=1",
                 ]
                 if not registry.get("adapter", method).cls.trains:  # no untrained pooling stem
                     free = registry.get("backbone", backbone).cls.parameter_free_options

@@ -85,7 +85,6 @@ def _recipe(
         "data": {
             "path": str(data),
             "label_column": "cell_type",
-            "min_class_cells": 1,
             "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
         },
         "backbone": {"name": backbone, **options},

@@ -59,7 +59,7 @@ def test_shipped_recipes_hold_no_relative_paths(name: str, registry) -> None:
 @pytest.mark.parametrize("name", SMALL)
 def test_small_recipes_validate_from_anywhere(name: str, away: Path, registry) -> None:
     report = api.validate(
-        name, ["data.max_cells=200", "data.min_class_cells=1"], registry=registry
+        name, ["data.max_cells=200", "task.min_class_cells=1"], registry=registry
     )
     assert not any("shared" in line for line in report["info"] + report["warnings"])
 
@@ -69,7 +69,7 @@ def test_geneformer_small_recipe_runs_from_anywhere(away: Path, registry) -> Non
         "geneformer/small_lora_cell_type",
         [
             "data.max_cells=200",
-            "data.min_class_cells=1",
+            "task.min_class_cells=1",
             "trainer.epochs=1",
             "trainer.num_threads=1",
             "trainer.device=cpu",

@@ -158,7 +158,7 @@ def _recipe(tmp_path: Path, data: Path, adapter: dict, registry) -> dict:
         "sctune": 1,
         "name": "toyplug",
         "seed": 0,
-        "data": {"path": str(data), "min_class_cells": 1},
+        "data": {"path": str(data)},
         "backbone": {"name": "meanmlp", **options},
         "adapter": adapter,
         "task": {"name": "cell_type", "umap": False},

@@ -8,25 +8,14 @@
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sctune.core.rundir import RunResult  # re-exported: api.RunResult
+
 PathLike = str | Path
-
-
-@dataclass
-class RunResult:
-    """What :func:`run` returns: the run directory, final metrics and artifact paths."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    files: dict[str, Path] = field(default_factory=dict)
-    context: Any = field(default=None, repr=False)  # what hooks saw (the engine's RunContext)
 
 
 def get_registry(
@@ -296,29 +285,7 @@ def recipes(registry: Any = None) -> dict[str, Path]:
 
 
 def env_info() -> dict[str, Any]:
-    import torch
+    """What ``env.json`` records: versions, CUDA, platform, git revision."""
+    from sctune.core.environment import environment
 
-    from sctune import __version__
-
-    try:
-        sha = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-                cwd=Path(__file__).parent,
-            ).stdout.strip()
-            or None
-        )
-    except Exception:
-        sha = None
-    return {
-        "sctune": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "git_sha": sha,
-        "platform": platform.platform(),
-    }
+    return environment()

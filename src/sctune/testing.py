@@ -1,4 +1,6 @@
-"""Helpers for testing sctune and sctune plugins: tiny data, example recipes, custom registries.
+"""Helpers for testing sctune and sctune plugins: tiny data, example recipes, custom registries,
+and contract checks (:func:`check_backbone`, :func:`check_adapter`, :func:`check_task`,
+:func:`check_plugin`, raising :class:`PluginCheckError`).
 
 Everything here works offline: the data come from scanpy's bundled ``pbmc68k_reduced``, whose raw
 counts are recovered exactly from ``.raw`` (``log1p(counts / n_counts * 1e4)``) and the
@@ -10,21 +12,61 @@ library sizes in ``obs['n_counts']``. A plugin author tests a backbone like this
     registry = testing.registry_with(MyBackbone)
     recipe = testing.example_recipe(registry, "mybackbone", "lora", tmp_path, adata_path)
     result = api.run(recipe, registry=registry, progress=False, log=lambda m: None)
+
+and checks it against the plugin contract (every problem listed in one ``PluginCheckError``)::
+
+    testing.check_backbone(MyBackbone)      # or check_adapter(MyAdapter), check_task(MyTask)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sctune._plugin_checks import (
+    PluginCheckError,
+    check_adapter,
+    check_backbone,
+    check_plugin,
+    check_task,
+)
+
 if TYPE_CHECKING:
     import anndata as ad
+    import torch
+    from torch import nn
 
+    from sctune.core.backbone import Backbone
+    from sctune.core.cells import Expression, TokenizedCells
+    from sctune.core.config import PluginConfig
     from sctune.core.registry import Registry
+    from sctune.core.surfaces import Surfaces
+
+__all__ = [
+    "LABEL_COLUMN",
+    "ExampleBackbone",
+    "PluginCheckError",
+    "adata_genes",
+    "check_adapter",
+    "check_backbone",
+    "check_plugin",
+    "check_task",
+    "example_backbone",
+    "example_recipe",
+    "pbmc68k_counts",
+    "plugin_object",
+    "reference_scgpt_class",
+    "reference_scgpt_model",
+    "registry_with",
+    "tiny_adata",
+    "tiny_expression",
+    "write_tiny_h5ad",
+]
 
 LABEL_COLUMN = "cell_type"
 
@@ -199,7 +241,6 @@ def example_recipe(
             "path": str(data),
             "label_column": LABEL_COLUMN,
             "split": {"method": "stratified", "valid": 0.15, "test": 0.25},
-            "min_class_cells": 1,
         },
         "backbone": {"name": backbone, **bopts},
         "adapter": adapters[0] if len(adapters) == 1 else adapters,
@@ -214,6 +255,81 @@ def example_recipe(
         },
         "output": {"dir": str(out or workdir / "run"), "plots": plots, "overwrite": True},
     }
+
+
+def tiny_expression(n_cells: int = 24, *, n_genes: int | None = 200, seed: int = 0) -> Expression:
+    """The :class:`~sctune.core.cells.Expression` the engine would hand a backbone for
+    :func:`tiny_adata` (raw counts, ``n_genes`` most detected genes, ``var_names`` as ids)."""
+    from scipy import sparse
+
+    from sctune.core.cells import Expression
+    from sctune.core.data import detect_kind
+
+    adata = tiny_adata(n_cells, n_genes=n_genes, seed=seed, min_per_class=1)
+    X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    return Expression(
+        X=X,
+        genes=tuple(map(str, adata.var_names)),
+        kind=detect_kind(X),
+        library_size=adata.obs["n_counts"].to_numpy(dtype=np.float64),
+        cell_ids=tuple(map(str, adata.obs_names)),
+    )
+
+
+@dataclass
+class ExampleBackbone:
+    """A tiny built backbone (from :meth:`Backbone.example_config`) ready for adapter tests.
+
+    ``module`` is frozen (no parameter requires grad) and in eval mode; ``batch`` is the collated
+    tokens of ``expression``'s first cells.
+    """
+
+    plugin: Backbone
+    config: PluginConfig
+    module: nn.Module
+    expression: Expression
+    tokens: TokenizedCells
+    batch: dict[str, torch.Tensor]
+
+    def surfaces(self) -> Surfaces:
+        """``plugin.surfaces(module)``: the insertion points of this module."""
+        return self.plugin.surfaces(self.module)
+
+
+def example_backbone(
+    cls: type[Backbone],
+    workdir: Path,
+    *,
+    n_cells: int = 8,
+    expression: Expression | None = None,
+    seed: int = 0,
+) -> ExampleBackbone:
+    """Build ``cls``'s ``example_config`` instance the way a run does, on tiny data.
+
+    ``example_config`` (written into ``workdir``), validated by ``config_cls``, then ``resolve``
+    (with the cells as training expression), ``build``, frozen, eval mode; the first ``n_cells``
+    cells of ``expression`` (default :func:`tiny_expression`) tokenized and collated. Raises
+    ``NotImplementedError`` when the backbone has no ``example_config``.
+    """
+    import torch
+
+    expr = expression if expression is not None else tiny_expression()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    plugin = cls()
+    options = dict(cls.example_config(workdir, list(expr.genes)))
+    config = cls.config_cls(**options)
+    config = plugin.resolve(config, genes=list(expr.genes), run_dir=workdir, expression=expr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = plugin.build(config)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    tokens = plugin.tokenize(expr, config, seed=seed)
+    idx = list(range(min(n_cells, len(tokens))))
+    batch = tokens.collate([tokens[i] for i in idx])
+    return ExampleBackbone(plugin, config, module, expr, tokens, batch)
 
 
 # --------------------------------------------------------------------------- a toy backbone
@@ -311,7 +427,14 @@ def _make_toy() -> type:
                 blocks=(BlockSurfaces(attention_output=module.block_slot),),
             )
 
-        def resolve(self, config: Any, *, genes: Sequence[str], run_dir: Path) -> Any:
+        def resolve(
+            self,
+            config: Any,
+            *,
+            genes: Sequence[str],
+            run_dir: Path,
+            expression: Any = None,
+        ) -> Any:
             if config.genes_file is not None:
                 return config
             path = Path(run_dir) / "toy_genes.txt"

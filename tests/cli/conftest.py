@@ -13,7 +13,7 @@ def tiny_recipe(data_path: Path, out: Path, **sections: dict) -> dict:
         "sctune": 1,
         "name": "cli-test",
         "seed": 0,
-        "data": {"path": str(data_path), "label_column": "cell_type", "min_class_cells": 1},
+        "data": {"path": str(data_path), "label_column": "cell_type"},
         "backbone": {
             "name": "scgpt",
             "embsize": 32,

@@ -144,7 +144,7 @@ def test_inspect_json(cli, write_recipe) -> None:
     assert {
         "backbone",
         "adapters",
-        "n_classes",
+        "task_state",
         "total",
         "trainable",
         "backbone_total",
@@ -154,7 +154,7 @@ def test_inspect_json(cli, write_recipe) -> None:
         "gradient_audit",
     } <= set(report)
     assert report["backbone"] == "scgpt" and report["adapters"][0]["name"] == "lora"
-    assert report["n_classes"] == 10 and report["randomly_initialised"] is True
+    assert len(report["task_state"]["classes"]) == 10 and report["randomly_initialised"] is True
     assert report["trainable"] == report["adapters"][0]["trainable"] + report["head"]
     assert sum(m["total"] for m in report["modules"]) == report["total"]
     assert report["gradient_audit"]["ok"] is True

@@ -79,7 +79,7 @@ def recipe(whole_human: Path, tiny_h5ad: Path, tmp_path_factory: pytest.TempPath
                 "sctune": 1,
                 "name": "whole-human",
                 "seed": 0,
-                "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
+                "data": {"path": str(tiny_h5ad)},
                 "backbone": {"name": "scgpt", "checkpoint": str(whole_human)},
                 "adapter": {"name": "lora"},
                 "task": {"name": "cell_type"},
@@ -98,7 +98,7 @@ def _inspect(cli, recipe: Path, adapter: str) -> dict:
 @pytest.mark.parametrize("adapter", sorted(ADAPTER_COUNTS))
 def test_adapter_counts(cli, recipe: Path, adapter: str) -> None:
     report = _inspect(cli, recipe, adapter)
-    n = report["n_classes"]
+    n = len(report["task_state"]["classes"])
     assert n == 10
     assert report["randomly_initialised"] is False
     assert report["head"] == head_size(n)
@@ -132,7 +132,7 @@ def test_inspect_reports_geneformer_v1_10m(
                 "sctune": 1,
                 "name": "gf-v1-10m",
                 "seed": 0,
-                "data": {"path": str(tiny_h5ad), "min_class_cells": 1},
+                "data": {"path": str(tiny_h5ad)},
                 "backbone": {
                     "name": "geneformer",
                     "model_config": str(

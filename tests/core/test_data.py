@@ -14,7 +14,6 @@ from sctune import testing
 from sctune.core.data import (
     detect_kind,
     load_data,
-    preflight_labels,
     read_split,
     split_cells,
     write_split,
@@ -141,15 +140,3 @@ def test_split_file_round_trip(tmp_path: Path) -> None:
         assert sorted(shuffled[i] for i in reused[part]) == sorted(ids[i] for i in split[part])
     with pytest.raises(DataError, match="cells of .* are not in the data"):
         read_split(tmp_path / "split.json", ids[:50])
-
-
-def test_preflight_missing_and_tiny_classes() -> None:
-    labels = np.array(["a"] * 20 + ["b"] * 3 + ["c"] * 2)
-    split = {"train": np.arange(0, 22), "valid": np.array([22]), "test": np.array([23, 24])}
-    report = preflight_labels(labels, split, min_cells=5)
-    assert len(report.errors) == 1 and "'c' (2 cells)" in report.errors[0]
-    assert "test split" in report.errors[0]
-    assert report.warnings and "'b' (2)" in report.warnings[0]
-    assert "split: train 22, valid 1, test 2 cells" in report.info[0]
-    with pytest.raises(DataError, match="preflight found 1 problem"):
-        report.raise_errors()

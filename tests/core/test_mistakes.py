@@ -197,7 +197,7 @@ def recipe_dict(data: Path, out: Path | None) -> dict[str, Any]:
         "sctune": 1,
         "name": "mistake",
         "seed": 0,
-        "data": {"path": str(data), "label_column": "cell_type", "min_class_cells": 1},
+        "data": {"path": str(data), "label_column": "cell_type"},
         "backbone": {
             "name": "scgpt",
             "embsize": 16,
@@ -483,7 +483,22 @@ recipe_case(
 )
 recipe_case("split-key-misspelled", {"data": {"split": {"vaild": 0.1}}}, "did you mean 'valid'")
 recipe_case("max-cells-zero", {"data": {"max_cells": 0}}, "data.max_cells: input should be")
-recipe_case("min-class-cells-zero", {"data": {"min_class_cells": 0}}, "data.min_class_cells:")
+recipe_case(
+    "min-class-cells-zero",
+    {"task": {"name": "cell_type", "min_class_cells": 0}},
+    "task.min_class_cells: input should be",
+)
+recipe_case(
+    "min-class-cells-moved",
+    {"data": {"min_class_cells": 3}},
+    "data.min_class_cells: this key moved to 'task.min_class_cells'",
+)
+recipe_case(
+    "monitor-not-declared-by-task",
+    {"trainer": {"early_stopping": {"monitor": "valid/acuracy"}}},
+    "trainer.early_stopping.monitor: 'valid/acuracy' is not a metric task 'cell_type' reports",
+    "did you mean 'valid/accuracy'",
+)
 recipe_case("data-kind-unknown", {"data": {"kind": "raw"}}, "data.kind: input should be")
 
 # --------------------------------------------------------------------------- E. trainer, output

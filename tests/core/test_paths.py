@@ -19,7 +19,7 @@ def _recipe(data_path: str, **extra: object) -> dict:
     recipe = {
         "sctune": 1,
         "name": "paths",
-        "data": {"path": data_path, "label_column": "cell_type", "min_class_cells": 1},
+        "data": {"path": data_path, "label_column": "cell_type"},
         "backbone": {"name": "scgpt", "embsize": 16, "nheads": 2, "d_hid": 16, "nlayers": 1},
         "adapter": {"name": "lora"},
         "task": {"name": "cell_type", "umap": False},

@@ -27,7 +27,7 @@ from sctune.core import rundir
 # dropout > 0 and a weighted sampler make the result depend on every RNG the trainer uses
 OVERRIDES = [
     "data.max_cells=160",
-    "data.min_class_cells=1",
+    "task.min_class_cells=1",
     "backbone.dropout=0.1",
     "backbone.nlayers=2",
     "task.sampler=weighted",
@@ -134,7 +134,7 @@ def test_signals_exit_with_shell_codes_and_keep_the_run(
 
 def test_resume_with_another_recipe_is_refused(tmp_path: Path) -> None:
     registry = api.get_registry(extra=[("stop-after-first-epoch", _StopAfterFirstEpoch)])
-    base = ["data.max_cells=100", "data.min_class_cells=1", "trainer.epochs=2"]
+    base = ["data.max_cells=100", "task.min_class_cells=1", "trainer.epochs=2"]
     base += ["output.plots=false", f"output.dir={tmp_path / 'run'}"]
     _StopAfterFirstEpoch.armed = True
     with pytest.raises(KeyboardInterrupt):
@@ -189,7 +189,7 @@ def test_interrupted_after_an_epoch_resumes_to_the_same_result(
     registry = api.get_registry(extra=[("stop-after-first-epoch", _StopAfterFirstEpoch)])
     overrides = [
         "data.max_cells=100",
-        "data.min_class_cells=1",
+        "task.min_class_cells=1",
         "trainer.epochs=2",
         "trainer.early_stopping=null",
         "trainer.num_threads=1",

@@ -13,7 +13,7 @@ from sctune.core.errors import SctuneError
 
 FAST = [
     "data.max_cells=100",
-    "data.min_class_cells=1",
+    "task.min_class_cells=1",
     "trainer.epochs=0",
     "output.plots=false",
     "output.predictions=false",

@@ -114,3 +114,19 @@ def test_headline_macro_is_over_classes_in_the_test_split() -> None:
     assert m["macro_f1_all_classes"] < m["macro_f1"]
     assert m["n_test_classes"] == 2 and m["n_training_classes"] == 3
     assert "Euclidean" in m["definitions"]["silhouette"]
+
+
+def test_preflight_missing_and_tiny_classes() -> None:
+    """The task checks its labels against the split (the engine knows nothing of classes)."""
+    from sctune.core.errors import DataError
+
+    labels = np.array(["a"] * 20 + ["b"] * 3 + ["c"] * 2)
+    split = {"train": np.arange(0, 22), "valid": np.array([22]), "test": np.array([23, 24])}
+    report = CellTypeTask().preflight(labels, split, CellTypeConfig(min_class_cells=5))
+    assert len(report.errors) == 1 and "'c' (2 cells)" in report.errors[0]
+    assert "test split" in report.errors[0]
+    assert report.warnings and "'b' (2)" in report.warnings[0]
+    assert "task.min_class_cells" in report.warnings[0]
+    assert report.info == ["2 training classes"]
+    with pytest.raises(DataError, match="preflight found 1 problem"):
+        report.raise_errors()

@@ -69,11 +69,3 @@ class Bottleneck(nn.Module):
 
     def extra_repr(self) -> str:
         return f"residual={self.residual}, scale={self.scale}"
-
-
-def placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of a backbone's parameters (new adapter tensors follow them)."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), torch.get_default_dtype()

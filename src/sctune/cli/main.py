@@ -170,7 +170,8 @@ def inspect_cli(
     console.print(table)
     for a in report["adapters"]:
         console.print(f"adapter {a['name']}: {a['trainable']:,} trainable parameters")
-    console.print(f"head: {report['head']:,} parameters ({report['n_classes']} classes)")
+    shape = report["task"]["describe"]
+    console.print(f"head: {report['head']:,} parameters" + (f" ({shape})" if shape else ""))
     if report.get("randomly_initialised"):
         console.print("[yellow]backbone is randomly initialised (no checkpoint)[/yellow]")
     audit = report.get("gradient_audit")

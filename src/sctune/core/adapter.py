@@ -1,11 +1,26 @@
-"""The adapter contract: new trainable tensors attached through a backbone's insertion points."""
+"""The adapter contract: new trainable tensors attached through a backbone's insertion points.
+
+Besides :class:`Adapter` and :class:`AdapterHandle`, this module holds the torch-free helpers an
+adapter's options need (importable when plugins are listed):
+
+- :data:`LayerSpec`: the type of a ``layers`` option (``"all"``, ``"first_half"`` or a list of
+  block indices), validated on its own wherever it is used;
+- :func:`select_layers`: resolve a :data:`LayerSpec` against the backbone's real block count.
+
+The helpers that touch modules (placement of new tensors, grouping projection sites by the linear
+they share, wrapping row slices of a packed linear) are in :mod:`sctune.core.surfaces`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator
+
+from sctune.core.errors import RecipeError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -84,3 +99,83 @@ class Adapter(ABC):
         Called on a freshly built, fully frozen backbone module. Must not depend on which backbone
         it is; only on ``surfaces``.
         """
+
+
+# --------------------------------------------------------------------------- block selection
+
+
+def check_layer_spec(value: Any) -> Any:
+    """Validator of :data:`LayerSpec`: a list must be non-empty, unique and non-negative (sorted).
+
+    ``"all"`` and ``"first_half"`` pass unchanged. Raises ``ValueError`` (pydantic reports it at
+    the option's recipe key).
+    """
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("layer list is empty; give at least one block index, or 'all'")
+        if len(set(value)) != len(value):
+            raise ValueError(f"layer list has duplicates: {value}")
+        if min(value) < 0:
+            raise ValueError(f"layer indices must be >= 0, got {value}")
+        return sorted(value)
+    return value
+
+
+LayerSpec = Annotated[Literal["all", "first_half"] | list[int], AfterValidator(check_layer_spec)]
+"""Which encoder blocks an adapter acts on: ``"all"``, ``"first_half"`` (blocks ``0 .. n//2 - 1``)
+or a list of block indices. Use it as a pydantic field type (``layers: LayerSpec = "all"``); the
+list checks come with the type. The real block count is known only when the adapter is applied:
+resolve it there with :func:`select_layers`."""
+
+
+def select_layers(
+    spec: Literal["all", "first_half"] | list[int],
+    n_blocks: int,
+    *,
+    adapter: str,
+    key: str = "adapter.layers",
+) -> list[int]:
+    """Resolve a :data:`LayerSpec` against a backbone with ``n_blocks`` blocks.
+
+    Call it in :meth:`Adapter.apply` with ``len(surfaces.blocks)``.
+
+    Parameters
+    ----------
+    spec
+        The option's value.
+    n_blocks
+        The number of blocks of the module being adapted.
+    adapter
+        The adapter's name, shown in the error.
+    key
+        The recipe key of the option, shown in the error.
+
+    Returns
+    -------
+    list[int]
+        The block indices, ascending.
+
+    Raises
+    ------
+    RecipeError
+        When an index does not exist on this backbone or the selection is empty.
+    """
+    if spec == "all":
+        layers = list(range(n_blocks))
+    elif spec == "first_half":
+        layers = list(range(n_blocks // 2))
+    else:
+        bad = [i for i in spec if i >= n_blocks]
+        if bad:
+            raise RecipeError(
+                f"{key}: {adapter} was asked for block(s) {bad}, but this backbone has "
+                f"{n_blocks} block(s) (indices 0..{n_blocks - 1})",
+                hint="use indices below the block count, or 'all' / 'first_half'",
+            )
+        layers = sorted(spec)
+    if not layers:
+        raise RecipeError(
+            f"{key}: '{spec}' selects no block on a backbone with {n_blocks} block(s)",
+            hint="use 'all' or an explicit list of block indices",
+        )
+    return layers

@@ -86,11 +86,26 @@ class Backbone(ABC):
     ) -> PluginConfig:
         """Fill data-dependent options before :meth:`build`; return the (new, frozen) config.
 
-        Called once per run with the data's gene identifiers and, when the implementation accepts
-        the keyword, ``expression``: the TRAINING cells only (statistics such as Geneformer's gene
-        medians must not see test cells). A randomly initialised backbone with no vocabulary file
-        builds one from ``genes`` and writes it into ``run_dir``, returning a config that points at
-        it, so ``sctune predict`` rebuilds the same model. Default: unchanged.
+        Called once per run, and again by ``sctune inspect``, before the module is built. Every
+        implementation takes exactly these arguments (the engine passes all of them):
+
+        Parameters
+        ----------
+        config
+            The validated recipe options (an instance of :attr:`config_cls`).
+        genes
+            The data's gene identifiers in column order (``data.gene_column`` or ``var_names``).
+        run_dir
+            A folder to write derived files into (the run directory, or a temporary folder for
+            ``sctune inspect``); files referenced by the returned config must live there.
+        expression
+            The TRAINING cells' :class:`~sctune.core.cells.Expression`, or ``None`` when not
+            available (a caller that has only gene identifiers). Statistics such as Geneformer's
+            gene medians must come from it, never from validation or test cells.
+
+        A randomly initialised backbone with no vocabulary file builds one from ``genes`` and
+        writes it into ``run_dir``, returning a config that points at it, so ``sctune predict``
+        rebuilds the same model. Return ``config`` itself when nothing needs filling (default).
         """
         return config
 
@@ -139,14 +154,9 @@ def resolve_config(
     run_dir: Path,
     expression: Expression | None,
 ) -> PluginConfig:
-    """Call ``backbone.resolve``, passing ``expression`` only to implementations that accept it.
+    """``backbone.resolve(config, genes=..., run_dir=..., expression=...)``: the engine's one call.
 
-    Hooks grow by adding arguments; older plugins that do not take ``expression`` keep working.
+    Every :meth:`Backbone.resolve` takes the same keywords, so this is a plain call kept for the
+    engine's call sites.
     """
-    import inspect
-
-    params = inspect.signature(backbone.resolve).parameters
-    takes = "expression" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if takes:
-        return backbone.resolve(config, genes=genes, run_dir=run_dir, expression=expression)
-    return backbone.resolve(config, genes=genes, run_dir=run_dir)
+    return backbone.resolve(config, genes=genes, run_dir=run_dir, expression=expression)

@@ -229,12 +229,12 @@ def predict_h5ad(
         logits = task.transfer(
             ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg
         )
-    pred, conf = task.predict(logits, prepared)
+    columns = task.annotate(logits, prepared)
     from sctune.core.data import read_adata
 
     out = read_adata(query, where=where)
-    out.obs["sctune_prediction"] = pred.astype(str)
-    out.obs["sctune_confidence"] = conf.astype(np.float32)
+    for name, values in columns.items():  # the task's own columns
+        out.obs[name] = values
     out.obsm["X_sctune"] = emb.astype(np.float32)
     out.uns["sctune"] = {
         "run_dir": str(run_dir),

@@ -95,9 +95,6 @@ class DataConfig(_Strict):
         "auto", description="override the detection of raw counts vs log-normalised values"
     )
     split: SplitConfig = Field(default_factory=SplitConfig)  # type: ignore[arg-type]
-    min_class_cells: int = Field(
-        10, ge=1, description="warn about classes smaller than this in training"
-    )
     max_cells: int | None = Field(None, ge=1, description="random subsample for quick runs")
 
 
@@ -115,9 +112,11 @@ class SchedulerConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    monitor: Literal[
-        "valid/loss", "valid/accuracy", "valid/balanced_accuracy", "valid/macro_f1"
-    ] = "valid/loss"
+    monitor: str = Field(
+        "valid/loss",
+        description="valid/loss, train/loss, or a validation metric the task declares "
+        "(cell_type: valid/accuracy, valid/balanced_accuracy, valid/macro_f1)",
+    )
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0)
 
@@ -326,7 +325,12 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
     for err in exc.errors():
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
         key = ".".join(filter(None, [prefix, _loc(loc)]))
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and tuple(map(str, loc[-2:])) in MOVED_KEYS:
+            lines.append(
+                f"{key}: this key moved to '{MOVED_KEYS[tuple(map(str, loc[-2:]))]}' (the task "
+                "owns the checks on its labels)"
+            )
+        elif err["type"] == "extra_forbidden":
             allowed = _model_fields(model, loc[:-1])
             lines.append(
                 f"{key}: unknown key{_suggest(str(loc[-1]), model, loc[:-1], allowed)}"
@@ -669,6 +673,28 @@ def _hint(problems: list[str]) -> str | None:
     return "'sctune recipes init quickstart' writes a complete, commented recipe to compare with"
 
 
+# Keys that moved out of the envelope into the plugin that owns them: (section, key) -> new key.
+MOVED_KEYS = {("data", "min_class_cells"): "task.min_class_cells"}
+
+
+def _task_problems(data: Mapping[str, Any], task_cls: Any) -> list[str]:
+    """What the chosen task must agree with: the early-stopping monitor it declares."""
+    from sctune.core.task import ALWAYS_MONITORED
+
+    problems = []
+    trainer = data.get("trainer")
+    es = trainer.get("early_stopping") if isinstance(trainer, Mapping) else None
+    monitor = es.get("monitor") if isinstance(es, Mapping) else None
+    allowed = {**ALWAYS_MONITORED, **task_cls.monitors}
+    if isinstance(monitor, str) and monitor not in allowed:
+        problems.append(
+            f"trainer.early_stopping.monitor: '{monitor}' is not a metric task "
+            f"'{task_cls.name}' reports{did_you_mean(monitor, allowed)}\n"
+            f"      allowed: {quoted(allowed)}"
+        )
+    return problems
+
+
 def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping against the envelope and the registered plugins' options."""
     problems: list[str] = []
@@ -734,6 +760,8 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
         )
     if len(set(names)) != len(names):
         problems.append(f"adapter: the same adapter is listed twice ({', '.join(names)})")
+    if chosen["task"]:
+        problems += _task_problems(data, registry.entries["task"][chosen["task"][0].name].cls)
     if problems or env is None or backbone is None or not chosen["task"]:
         # only mismatches: a CompatibilityError (still one message listing every problem)
         error_cls = CompatibilityError if problems and problems == compat else RecipeError

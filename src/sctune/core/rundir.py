@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ MARKER = "sctune-run.json"
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "last.pt"  # inside CHECKPOINT_DIR, rewritten after every epoch
 LEGACY_FILES = ("adapter.json", "recipe.resolved.yaml")  # runs written before the marker
+
+
+@dataclass
+class RunResult:
+    """What a run returns: the run directory, final metrics and artifact paths.
+
+    ``context`` is the engine's ``RunContext`` that the hooks saw.
+    """
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    context: Any = field(default=None, repr=False)
 
 
 class Interrupted(BaseException):

@@ -14,9 +14,9 @@ import yaml
 from sctune.core import artifacts as A
 from sctune.core.assembly import assemble, count_parameters
 from sctune.core.backbone import resolve_config
-from sctune.core.data import load_data, preflight_labels, split_cells, write_split
+from sctune.core.data import load_data, split_cells, write_split
 from sctune.core.registry import distribution_version, plugin_versions
-from sctune.core.rundir import CHECKPOINT_DIR
+from sctune.core.rundir import CHECKPOINT_DIR, RunResult
 
 
 def _components(rec: Any, registry: Any) -> tuple[Any, list[tuple[Any, Any]], Any]:
@@ -83,7 +83,8 @@ def prepare_inputs(
             "would have nothing to measure",
             hint="raise data.split.test (e.g. 0.2), or give a split column/file with test cells",
         )
-    pre = preflight_labels(data.labels, split, rec.data.min_class_cells)
+    say("split: " + ", ".join(f"{part} {len(idx)}" for part, idx in split.items()) + " cells")
+    pre = task.preflight(data.labels, split, rec.task.config)
     for line in pre.info:
         say(line)
     for w in pre.warnings:
@@ -169,6 +170,15 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+@dataclass
+class _Outputs:
+    """What the trained model says about every cell."""
+
+    embeddings: np.ndarray
+    logits: np.ndarray
+    reference: np.ndarray | None  # zero-shot: the training cells' embeddings
+
+
 def execute(
     rec: Any,
     registry: Any,
@@ -177,11 +187,9 @@ def execute(
     progress: bool,
     log: Callable[[str], None],
     resume: bool = False,
-) -> Any:
+) -> RunResult:
+    """One run in ``run_dir``, in five phases: inputs, model, training, evaluation, files."""
     import torch
-
-    from sctune.api import RunResult, env_info
-    from sctune.core.trainer import RunContext, embed_and_score, fit, make_accelerator
 
     seed = rec.envelope.seed
     torch.manual_seed(seed)
@@ -189,114 +197,188 @@ def execute(
     if rec.trainer.num_threads:
         torch.set_num_threads(rec.trainer.num_threads)
     _same_recipe_on_resume(rec, run_dir / CHECKPOINT_DIR / "recipe.json", resume)
-    inp = prepare_inputs(rec, registry, run_dir, log=log)
-    backbone, adapters, task = inp.backbone, inp.adapters, inp.task
-    data, split, bcfg, tokens = inp.data, inp.split, inp.bcfg, inp.tokens
-    prepared, targets, expr = inp.prepared, inp.targets, inp.data.expression
+
+    inp = prepare_inputs(rec, registry, run_dir, log=log)  # 1. inputs
     write_split(
         run_dir / A.SPLIT,
-        list(expr.cell_ids),
-        split,
+        list(inp.data.expression.cell_ids),
+        inp.split,
         dataset=rec.data.path,
         seed=seed,
         method=rec.data.split.method,
     )
+    ctx = _build_model(rec, inp, run_dir, resume=resume, log=log)  # 2. model
+    registry.pm.hook.sctune_before_run(run=ctx)
+    fit_result = _train(rec, inp, ctx, registry, progress=progress, resume=resume)  # 3. training
+    outputs = _infer(rec, inp, ctx)  # 4. evaluation
+    test = inp.split["test"]
+    test_metrics = inp.task.evaluate(
+        logits=outputs.logits[test],
+        targets=inp.targets[test],
+        embeddings=outputs.embeddings[test],
+        prepared=inp.prepared,
+        config=rec.task.config,
+        out_dir=run_dir if rec.envelope.output.plots else None,
+    )
+    metrics = _write_run(rec, inp, ctx, registry, run_dir, fit_result, outputs, test_metrics)
+    log(f"test: {inp.task.summary(test_metrics)}  ({len(test)} cells)")  # 5. files
+    sizes = metrics["artifact_bytes"]
+    saved = sizes["adapter"] + sizes["head"]
+    log(
+        f"artifact: adapter + head {saved / 1024:,.1f} KiB on disk vs backbone "
+        f"{sizes['backbone_in_memory'] / 2**20:,.1f} MiB ({100 * saved / max(sizes['backbone_in_memory'], 1):.2f}%)"
+    )
+    files = {p.name: p for p in sorted(run_dir.iterdir())}
+    return RunResult(run_dir, metrics, files, context=ctx)  # api.run calls sctune_after_run
+
+
+def _build_model(
+    rec: Any, inp: Inputs, run_dir: Path, *, resume: bool, log: Callable[[str], None]
+) -> Any:
+    """Build the backbone (saving drawn weights), apply the adapters, add the head."""
+    from sctune.core.trainer import RunContext, make_accelerator
 
     acc = make_accelerator(rec.trainer)
-    module = backbone.build(bcfg)
-    if backbone.randomly_initialised(bcfg):  # the drawn weights travel with the run
+    module = inp.backbone.build(inp.bcfg)
+    if inp.backbone.randomly_initialised(inp.bcfg):  # the drawn weights travel with the run
         drawn = run_dir / A.BACKBONE_WEIGHTS
         if resume and drawn.is_file():
             A.load_into(module, A.load_tensors(drawn), what=f"'{drawn}'")
         else:
             A.save_tensors(drawn, module.state_dict())
-    asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared, module=module)
-    model = asm.model
-    trains = all(a.trains for a, _ in adapters)
-    n_train = sum(p.numel() for p in asm.trainable.values()) if trains else 0
-    n_total = sum(p.numel() for p in model.parameters())
+    asm = assemble(
+        inp.backbone,
+        inp.bcfg,
+        inp.adapters,
+        inp.task,
+        rec.task.config,
+        inp.prepared,
+        module=module,
+    )
+    n_train = _n_trainable(inp, asm)
+    n_total = sum(p.numel() for p in asm.model.parameters())
     log(
         f"model: {n_total:,} parameters, {n_train:,} trainable ({100 * n_train / max(n_total, 1):.2f}%); "
         f"adapters: {', '.join(a.name for a in rec.adapters)}; device {acc.device}"
     )
+    asm.model.to(acc.device)
+    return RunContext(rec, run_dir, asm, acc)
 
-    ctx = RunContext(rec, run_dir, asm, acc)
-    registry.pm.hook.sctune_before_run(run=ctx)
+
+def _trains(inp: Inputs) -> bool:
+    return all(a.trains for a, _ in inp.adapters)
+
+
+def _n_trainable(inp: Inputs, asm: Any) -> int:
+    return sum(p.numel() for p in asm.trainable.values()) if _trains(inp) else 0
+
+
+def _train(rec: Any, inp: Inputs, ctx: Any, registry: Any, *, progress: bool, resume: bool) -> Any:
+    """Fit the trainable tensors (nothing for zero-shot or 0 epochs); returns the FitResult."""
+    from sctune.core.trainer import fit
+
+    if not _trains(inp) or rec.trainer.epochs == 0:
+        return None
+    asm, run_dir, split = ctx.assembled, ctx.run_dir, inp.split
     cache = (  # the backbone stays as built: embed once, train the head on the cache
-        all(a.uses_cached_embeddings(c) for a, c in adapters)
+        all(a.uses_cached_embeddings(c) for a, c in inp.adapters)
         and not asm.adapter_names
         and not any(n for n in asm.head_names if not n.startswith("head."))
     )
-    model.to(acc.device)
-    fit_result = None
-    if trains and rec.trainer.epochs > 0:
-        writer = _tensorboard(rec, run_dir)
+    writer = _tensorboard(rec, run_dir)
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            if writer is not None:
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, epoch)
-            registry.pm.hook.sctune_after_epoch(run=ctx, epoch=epoch, metrics=metrics)
-
-        fit_result = fit(
-            ctx=ctx,
-            task=task,
-            task_cfg=rec.task.config,
-            prepared=prepared,
-            train=tokens.subset(split["train"]),
-            valid=tokens.subset(split["valid"]),
-            train_targets=targets[split["train"]],
-            valid_targets=targets[split["valid"]],
-            trainer_cfg=rec.trainer,
-            seed=seed,
-            cache_embeddings=cache,
-            on_epoch=on_epoch,
-            log_path=run_dir / A.TRAIN_LOG,
-            progress=progress,
-            checkpoint=run_dir / CHECKPOINT_DIR,
-            resume=resume,
-        )
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         if writer is not None:
-            writer.close()
-        if fit_result.audit is not None:
-            A.write_json(run_dir / A.AUDIT, fit_result.audit.as_dict())
-        model = asm.model
-    model.to(acc.device)
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, epoch)
+        registry.pm.hook.sctune_after_epoch(run=ctx, epoch=epoch, metrics=metrics)
+
+    result = fit(
+        ctx=ctx,
+        task=inp.task,
+        task_cfg=rec.task.config,
+        prepared=inp.prepared,
+        train=inp.tokens.subset(split["train"]),
+        valid=inp.tokens.subset(split["valid"]),
+        train_targets=inp.targets[split["train"]],
+        valid_targets=inp.targets[split["valid"]],
+        trainer_cfg=rec.trainer,
+        seed=rec.envelope.seed,
+        cache_embeddings=cache,
+        on_epoch=on_epoch,
+        log_path=run_dir / A.TRAIN_LOG,
+        progress=progress,
+        checkpoint=run_dir / CHECKPOINT_DIR,
+        resume=resume,
+    )
+    if writer is not None:
+        writer.close()
+    if result.audit is not None:
+        A.write_json(run_dir / A.AUDIT, result.audit.as_dict())
+    return result
+
+
+def _infer(rec: Any, inp: Inputs, ctx: Any) -> _Outputs:
+    """Embeddings and head outputs of every cell; kNN transfer for methods that train nothing."""
+    from sctune.core.trainer import embed_and_score
+
+    asm = ctx.assembled
+    asm.model.to(ctx.accelerator.device)
     merged = asm.merged_for_inference()
     for h in merged:
         h.merge()
-    emb, logits = embed_and_score(model, tokens, rec.trainer.eval_batch_size, acc)
+    emb, logits = embed_and_score(
+        asm.model, inp.tokens, rec.trainer.eval_batch_size, ctx.accelerator
+    )
     for h in merged:  # adapter-only files hold unmerged tensors
         h.unmerge()
     ref = None
-    if not trains:  # zero-shot: kNN from training cells
-        ref = emb[split["train"]]
-        logits = task.transfer(ref, targets[split["train"]], emb, prepared, rec.task.config)
-    test = split["test"]
-    test_metrics = task.evaluate(
-        logits=logits[test],
-        targets=targets[test],
-        embeddings=emb[test],
-        prepared=prepared,
-        config=rec.task.config,
-        out_dir=run_dir if rec.envelope.output.plots else None,
-    )
-    pred, conf = task.predict(logits, prepared)
+    if not _trains(inp):  # zero-shot: kNN from training cells
+        train = inp.split["train"]
+        ref = emb[train]
+        logits = inp.task.transfer(ref, inp.targets[train], emb, inp.prepared, rec.task.config)
+    return _Outputs(emb, logits, ref)
 
+
+def _write_run(
+    rec: Any,
+    inp: Inputs,
+    ctx: Any,
+    registry: Any,
+    run_dir: Path,
+    fit_result: Any,
+    outputs: _Outputs,
+    test_metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Weights, manifest, metrics, the resolved recipe, the environment and the predictions."""
+    from sctune.core.environment import environment
+
+    asm, split = ctx.assembled, inp.split
     sizes = _save_weights(
-        run_dir, asm, backbone, bcfg, rec, task, prepared, expr, ref, targets, split
+        run_dir,
+        asm,
+        inp.backbone,
+        inp.bcfg,
+        rec,
+        inp.task,
+        inp.prepared,
+        inp.data.expression,
+        outputs.reference,
+        inp.targets,
+        split,
     )
+    trains = _trains(inp)
     metrics: dict[str, Any] = {
         "test": test_metrics,
         "n_cells": {k: int(len(v)) for k, v in split.items()},
         "parameters": {
-            "total": n_total,
-            "trainable": n_train,
+            "total": sum(p.numel() for p in asm.model.parameters()),
+            "trainable": _n_trainable(inp, asm),
             "adapter": sum(asm.trainable[n].numel() for n in asm.adapter_names) if trains else 0,
             "head": sum(asm.trainable[n].numel() for n in asm.head_names) if trains else 0,
         },
         "artifact_bytes": sizes,
-        "backbone_randomly_initialised": backbone.randomly_initialised(rec.backbone.config),
+        "backbone_randomly_initialised": inp.backbone.randomly_initialised(rec.backbone.config),
     }
     if fit_result is not None:
         metrics["train"] = {
@@ -308,15 +390,16 @@ def execute(
         }
     A.write_json(run_dir / A.METRICS, metrics)
     (run_dir / A.RECIPE).write_text(
-        yaml.safe_dump(_with_backbone(rec.resolved(), bcfg), sort_keys=False)
+        yaml.safe_dump(_with_backbone(rec.resolved(), inp.bcfg), sort_keys=False)
     )
     names = [
         ("backbone", rec.backbone.name),
         ("task", rec.task.name),
         *[("adapter", a.name) for a in rec.adapters],
     ]
+    acc = ctx.accelerator
     env = {
-        **env_info(),
+        **environment(),
         "plugins": plugin_versions(registry, names),
         "accelerate": distribution_version("accelerate"),
         "num_processes": acc.num_processes,
@@ -325,20 +408,9 @@ def execute(
     }
     A.write_json(run_dir / A.ENV, env)
     if rec.envelope.output.predictions:
-        _write_predictions(run_dir, rec, data, split, pred, conf, emb)
-    files = {p.name: p for p in sorted(run_dir.iterdir())}
-    result = RunResult(run_dir, metrics, files, context=ctx)  # api.run calls sctune_after_run
-    t = test_metrics
-    log(
-        f"test: accuracy {t['accuracy']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "
-        f"macro F1 {t['macro_f1']:.4f}  ({len(test)} cells)"
-    )
-    saved = sizes["adapter"] + sizes["head"]
-    log(
-        f"artifact: adapter + head {saved / 1024:,.1f} KiB on disk vs backbone "
-        f"{sizes['backbone_in_memory'] / 2**20:,.1f} MiB ({100 * saved / max(sizes['backbone_in_memory'], 1):.2f}%)"
-    )
-    return result
+        columns = inp.task.annotate(outputs.logits, inp.prepared)
+        _write_predictions(run_dir, rec, inp.data, split, columns, outputs.embeddings)
+    return metrics
 
 
 def _with_backbone(resolved: dict[str, Any], bcfg: Any) -> dict[str, Any]:
@@ -433,19 +505,18 @@ def _write_predictions(
     rec: Any,
     data: Any,
     split: dict[str, np.ndarray],
-    pred: np.ndarray,
-    conf: np.ndarray,
+    columns: dict[str, np.ndarray],
     emb: np.ndarray,
 ) -> None:
     import anndata as ad
 
     obs = data.obs.copy()
-    part = np.full(len(pred), "", dtype=object)
+    part = np.full(len(emb), "", dtype=object)
     for s, idx in split.items():
         part[idx] = s
     obs["sctune_split"] = part.astype(str)
-    obs["sctune_prediction"] = pred.astype(str)
-    obs["sctune_confidence"] = conf.astype(np.float32)
+    for name, values in columns.items():  # the task's own columns
+        obs[name] = values
     import pandas as pd
 
     expr = data.expression
@@ -501,7 +572,8 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             "recipe": rec.source,
             "backbone": backbone.name,
             "adapters": per_adapter,
-            "n_classes": len(getattr(prepared, "classes", [])),
+            "task": {"name": task.name, "describe": task.describe(prepared)},
+            "task_state": task.state(prepared),
             "total": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in asm.trainable.values()),
             "backbone_total": sum(p.numel() for p in model.backbone.parameters()),

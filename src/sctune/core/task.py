@@ -1,11 +1,19 @@
-"""The task contract: labels in, a head on the cell embedding, a loss, metrics and plots out."""
+"""The task contract: what a task reads, trains, measures and writes; the engine names no task.
+
+A task plugin owns everything specific to its problem: the checks on its labels and split
+(:meth:`Task.preflight`), its state from the training cells (:meth:`Task.prepare`), its head and
+loss, the metrics it reports on validation (:meth:`Task.validation_metrics`, the names early
+stopping may monitor: :attr:`Task.monitors`) and test cells (:meth:`Task.evaluate`, with its
+plots), its one-line summary (:meth:`Task.summary`) and the columns it writes into
+``predictions.h5ad`` and ``sctune predict``'s output (:meth:`Task.annotate`).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -14,18 +22,51 @@ if TYPE_CHECKING:
 
     from sctune.core.config import PluginConfig
 
+from sctune.core.errors import DataError
+
+Direction = Literal["min", "max"]
+
+ALWAYS_MONITORED: dict[str, Direction] = {"valid/loss": "min", "train/loss": "min"}
+"""Names early stopping can always monitor: the engine computes both losses for every task."""
+
 
 @dataclass
 class StepOutput:
-    """One training or evaluation step: the (weighted) loss, the logits and the targets."""
+    """One training or evaluation step: the (weighted) loss, the head outputs and the targets."""
 
     loss: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
 
 
+@dataclass
+class Preflight:
+    """What a task found about its labels and the split before anything is built."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise DataError(
+                f"preflight found {len(self.errors)} problem{'s' * (len(self.errors) != 1)}\n  "
+                + "\n  ".join(self.errors)
+            )
+
+
 class Task(ABC):
-    """A downstream task (cell-type identification; batch correction later).
+    """A downstream task (cell-type identification, batch correction, ...).
+
+    Class attributes
+    ----------------
+    name, config_cls, description
+        As for backbones and adapters.
+    monitors
+        The validation metrics :meth:`validation_metrics` returns, by the name early stopping
+        uses (``valid/<key>``), each with its direction (``"max"`` or ``"min"``).
+        ``valid/loss`` and ``train/loss`` are always available (:data:`ALWAYS_MONITORED`);
+        ``trainer.early_stopping.monitor`` is checked against both at validate time.
 
     ``prepared`` is the task's own state built from the training split (label map, class
     weights); :meth:`state` / :meth:`from_state` make it JSON for the run directory.
@@ -34,6 +75,14 @@ class Task(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[PluginConfig]]
     description: ClassVar[str] = ""
+    monitors: ClassVar[dict[str, Direction]] = {}
+
+    def preflight(
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig
+    ) -> Preflight:
+        """Check the labels against the split before the model is built (errors stop the run
+        and ``sctune validate``; warnings and info lines are shown). Default: no checks."""
+        return Preflight()
 
     @abstractmethod
     def prepare(
@@ -59,6 +108,14 @@ class Task(ABC):
         """Per-training-cell sampling weights for a weighted sampler, or ``None`` to shuffle."""
         return None
 
+    def validation_metrics(
+        self, logits: np.ndarray, targets: np.ndarray, prepared: Any, config: PluginConfig
+    ) -> dict[str, float]:
+        """Metrics of the validation cells after each epoch, keyed as in :attr:`monitors`
+        without the ``valid/`` prefix. ``logits`` and ``targets`` are gathered over all
+        processes. Default: none (early stopping then monitors the losses)."""
+        return {}
+
     @abstractmethod
     def evaluate(
         self,
@@ -70,11 +127,23 @@ class Task(ABC):
         config: PluginConfig,
         out_dir: Path | None,
     ) -> dict[str, Any]:
-        """Metrics (``dict`` of floats plus optional nested reports); write plots to ``out_dir``."""
+        """Test metrics (``dict`` of floats plus optional nested reports); write plots to
+        ``out_dir`` when it is given."""
 
     @abstractmethod
-    def predict(self, logits: np.ndarray, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted labels and confidences for rows of ``logits``."""
+    def annotate(self, logits: np.ndarray, prepared: Any) -> dict[str, np.ndarray]:
+        """Columns (obs name -> one value per row of ``logits``) that ``predictions.h5ad`` and
+        ``sctune predict`` write for each cell, e.g. ``sctune_prediction``."""
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        """One line for the console after the run. Default: the scalar test metrics."""
+        scalars = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        return "  ".join(scalars[:6])
+
+    def describe(self, prepared: Any) -> str:
+        """A short description of the prepared state for ``sctune inspect`` (e.g. ``10
+        classes``). Default: empty."""
+        return ""
 
     def transfer(
         self,
@@ -94,3 +163,8 @@ class Task(ABC):
     @abstractmethod
     def from_state(self, state: dict[str, Any]) -> Any:
         """Inverse of :meth:`state`, used by ``sctune predict``."""
+
+
+def monitor_direction(task: type[Task], monitor: str) -> Direction | None:
+    """``"min"``/``"max"`` for a name early stopping may monitor with ``task``, else None."""
+    return {**ALWAYS_MONITORED, **task.monitors}.get(monitor)

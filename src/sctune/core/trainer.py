@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomS
 from sctune.core.assembly import Assembled
 from sctune.core.audit import GradientAudit, audit_gradients
 from sctune.core.rundir import CHECKPOINT_FILE
-from sctune.core.task import StepOutput
+from sctune.core.task import StepOutput, monitor_direction
 
 
 @dataclass
@@ -276,7 +276,7 @@ def fit(
                 "train/loss": losses / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
             }
-            metrics.update(_validate(net, valid_dl, forward, acc, prepared))
+            metrics.update(_validate(net, valid_dl, forward, acc, task, prepared, task_cfg))
             metrics["seconds"] = time.perf_counter() - start
             history.append(metrics)
             with log_path.open("a") as fh:
@@ -284,12 +284,13 @@ def fit(
             monitor = es.monitor if es else "valid/loss"
             value = metrics.get(monitor)
             if value is None or (isinstance(value, float) and math.isnan(value)):
-                value = metrics["train/loss"]
+                value = metrics["train/loss"]  # no validation cells: the training loss decides
                 monitor = "train/loss"
+            delta = es.min_delta if es else 0.0
             better = best_val is None or (
-                value < best_val - (es.min_delta if es else 0)
-                if monitor.endswith("loss")
-                else value > best_val + (es.min_delta if es else 0)
+                value > best_val + delta
+                if monitor_direction(type(task), monitor) == "max"
+                else value < best_val - delta
             )
             if better:
                 best_val, best_epoch, bad_epochs = value, epoch + 1, 0
@@ -384,36 +385,29 @@ def _load_checkpoint(folder: Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _validate(net: Any, dl: Any, forward: Callable, acc: Any, prepared: Any) -> dict[str, float]:
-    """Validation loss and metrics, gathered over all processes (every rank sees the same
-    numbers, so early stopping decides identically under DDP)."""
+def _validate(
+    net: Any, dl: Any, forward: Callable, acc: Any, task: Any, prepared: Any, task_cfg: Any
+) -> dict[str, float]:
+    """Validation loss and the task's validation metrics, gathered over all processes (every
+    rank sees the same numbers, so early stopping decides identically under DDP)."""
     net.eval()
-    losses, preds, ys = [], [], []
+    losses, outputs, ys = [], [], []
     for batch in dl:
         with acc.autocast():
             out = forward(batch)
         k = out.targets.shape[0]
         loss = out.loss.detach().float().reshape(1).expand(k)
-        loss, p, y = acc.gather_for_metrics((loss, out.logits.argmax(dim=1), out.targets))
+        loss, z, y = acc.gather_for_metrics((loss, out.logits.float(), out.targets))
         losses.append(loss.cpu())
-        preds.append(p.cpu())
+        outputs.append(z.cpu())
         ys.append(y.cpu())
     if not ys:
         return {}
-    from sklearn.metrics import balanced_accuracy_score, f1_score
-
-    y, p = torch.cat(ys).numpy(), torch.cat(preds).numpy()
-    import warnings
-
-    with warnings.catch_warnings():  # a class predicted but absent from validation is expected
-        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
-        balanced = float(balanced_accuracy_score(y, p))
-    return {
-        "valid/loss": float(torch.cat(losses).mean()),
-        "valid/accuracy": float((y == p).mean()),
-        "valid/balanced_accuracy": balanced,
-        "valid/macro_f1": float(f1_score(y, p, average="macro", zero_division=0)),
-    }
+    y, z = torch.cat(ys).numpy(), torch.cat(outputs).numpy()
+    metrics = {"valid/loss": float(torch.cat(losses).mean())}
+    for key, value in task.validation_metrics(z, y, prepared, task_cfg).items():
+        metrics[f"valid/{key}"] = float(value)
+    return metrics
 
 
 def _scheduler(optimizer: Any, cfg: Any, steps_per_epoch: int) -> Any:
@@ -434,8 +428,8 @@ def _scheduler(optimizer: Any, cfg: Any, steps_per_epoch: int) -> Any:
 
 
 def _fmt(m: dict[str, float]) -> str:
-    keys = ["train/loss", "valid/loss", "valid/accuracy", "valid/balanced_accuracy"]
-    return f"epoch {int(m['epoch'])}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m)
+    shown = [k for k in m if k.startswith(("train/", "valid/"))]
+    return f"epoch {int(m['epoch'])}: " + "  ".join(f"{k} {m[k]:.4f}" for k in shown)
 
 
 def _progress(enabled: bool) -> Any:

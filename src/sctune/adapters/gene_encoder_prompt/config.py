@@ -6,12 +6,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from sctune.adapters._options import (
-    V2_LAYERS,
-    AdapterOptions,
-    LayerSpec,
-    PresetName,
-)
+from sctune.adapters._options import V2_LAYERS, AdapterOptions, PresetName
+from sctune.core.adapter import LayerSpec
 
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {},  # field defaults = scPEFT v1 (preprint Table 3): Space + MLP, blocks 0-5

@@ -43,9 +43,9 @@ class GeneEncoderPrompt(Adapter):
         return cls.requires
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
-        from sctune.adapters._options import select_layers
-        from sctune.adapters.bottleneck import placement
         from sctune.adapters.gene_encoder_prompt.layer import mlp_adapter, space_adapter
+        from sctune.core.adapter import select_layers
+        from sctune.core.surfaces import placement
 
         assert isinstance(config, GeneEncoderPromptConfig)
         layers = select_layers(config.layers, len(surfaces.blocks), adapter=self.name)

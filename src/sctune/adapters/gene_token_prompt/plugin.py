@@ -29,8 +29,8 @@ class GeneTokenPrompt(Adapter):
     )
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
-        from sctune.adapters.bottleneck import placement
         from sctune.adapters.gene_token_prompt.layer import token_adapter
+        from sctune.core.surfaces import placement
 
         assert isinstance(config, GeneTokenPromptConfig)
         slot = surfaces.input_embedding

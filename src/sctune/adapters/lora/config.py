@@ -6,12 +6,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from sctune.adapters._options import (
-    V2_LAYERS,
-    AdapterOptions,
-    LayerSpec,
-    PresetName,
-)
+from sctune.adapters._options import V2_LAYERS, AdapterOptions, PresetName
+from sctune.core.adapter import LayerSpec
 
 Target = Literal["q", "k", "v", "o", "ffn_in", "ffn_out"]
 

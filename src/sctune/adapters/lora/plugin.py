@@ -8,22 +8,22 @@ from sctune import hookimpl
 from sctune.adapters.lora.config import LoRAConfig
 from sctune.core.adapter import Adapter, AdapterHandle
 from sctune.core.capabilities import Capability
-from sctune.core.errors import CompatibilityError, quoted
+from sctune.core.errors import CompatibilityError
 
 if TYPE_CHECKING:
     from torch import nn
 
     from sctune.core.config import PluginConfig
-    from sctune.core.surfaces import ProjectionSite, Surfaces
+    from sctune.core.surfaces import Surfaces
 
 
 class LoRA(Adapter):
     """LoRA through the backbone's projection sites.
 
-    The chosen sites of each block are grouped by the linear they live in; each such linear is
-    replaced (``setattr(owner, attr, ...)``) by one :class:`~.layer.LoRALinear` holding an
-    ``A``/``B`` pair per target, so packed projections (scGPT's ``Wqkv``) get Q and V updates on
-    their own row slices and K stays untouched.
+    The chosen sites of each block are grouped by the linear they live in
+    (:func:`sctune.core.surfaces.group_projections`); each such linear is replaced by one
+    :class:`~.layer.LoRALinear` holding an ``A``/``B`` pair per target, so packed projections
+    (scGPT's ``Wqkv``) get Q and V updates on their own row slices and K stays untouched.
     """
 
     name: ClassVar[str] = "lora"
@@ -41,42 +41,32 @@ class LoRA(Adapter):
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
         from torch import nn
 
-        from sctune.adapters._options import select_layers
         from sctune.adapters.lora.layer import LoRALinear
+        from sctune.core.adapter import select_layers
+        from sctune.core.surfaces import group_projections
 
         assert isinstance(config, LoRAConfig)
         layers = select_layers(config.layers, len(surfaces.blocks), adapter=self.name)
-        groups: dict[tuple[int, str], tuple[ProjectionSite, dict[str, slice | None]]] = {}
-        for i in layers:
-            sites = surfaces.blocks[i].projections
-            for target in config.targets:
-                site = sites.get(target)
-                if site is None:
-                    raise CompatibilityError(
-                        f"adapter.targets: lora target '{target}' is not provided on block {i} "
-                        f"of this backbone; available: {quoted(sites)}",
-                        hint="choose targets among the available projections",
-                    )
-                key = (id(site.owner), site.attr)
-                groups.setdefault(key, (site, {}))[1][target] = site.rows
+        groups = group_projections(surfaces, config.targets, layers=layers, adapter=self.name)
         wrappers: list[LoRALinear] = []
-        for site, slices in groups.values():
-            base = site.module
+        for group in groups:
+            base = group.module
             if isinstance(base, LoRALinear):
                 raise CompatibilityError(
-                    f"adapter '{self.name}': projection '{site.attr}' already carries LoRA; "
+                    f"adapter '{self.name}': projection '{group.attr}' already carries LoRA; "
                     f"apply one lora adapter per model"
                 )
             if not isinstance(base, nn.Linear):
                 raise CompatibilityError(
-                    f"adapter '{self.name}': projection '{site.attr}' is a "
+                    f"adapter '{self.name}': projection '{group.attr}' is a "
                     f"{type(base).__name__}, not an nn.Linear; the backbone's surfaces must "
-                    f"expose plain linears"
+                    f"expose plain linears",
+                    hint="list lora before other adapters that wrap the same projections",
                 )
             wrapper = LoRALinear(
-                base, slices, rank=config.rank, alpha=config.alpha, dropout=config.dropout
+                base, group.slices(), rank=config.rank, alpha=config.alpha, dropout=config.dropout
             )
-            setattr(site.owner, site.attr, wrapper)
+            group.install(wrapper)
             wrappers.append(wrapper)
         params: list[nn.Parameter] = [p for w in wrappers for p in w.lora_parameters()]
         n_low_rank = sum(p.numel() for p in params)

@@ -33,9 +33,9 @@ class PrefixPrompt(Adapter):
     )
 
     def apply(self, module: nn.Module, surfaces: Surfaces, config: PluginConfig) -> AdapterHandle:
-        from sctune.adapters._options import select_layers
-        from sctune.adapters.bottleneck import placement
         from sctune.adapters.prefix_prompt.layer import prompt_tokens
+        from sctune.core.adapter import select_layers
+        from sctune.core.surfaces import placement
 
         assert isinstance(config, PrefixPromptConfig)
         layers = select_layers(config.layers, len(surfaces.blocks), adapter=self.name)

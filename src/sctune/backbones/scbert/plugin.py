@@ -177,7 +177,12 @@ class ScBERTBackbone(Backbone):
         )
 
     def resolve(
-        self, config: PluginConfig, *, genes: Sequence[str], run_dir: Path
+        self,
+        config: PluginConfig,
+        *,
+        genes: Sequence[str],
+        run_dir: Path,
+        expression: Expression | None = None,
     ) -> PluginConfig:
         from sctune.backbones.scbert.weights import write_random_files
 

@@ -181,7 +181,14 @@ class ScGPTBackbone(Backbone):
             notes=NOTES,
         )
 
-    def resolve(self, config: ScGPTConfig, *, genes: Sequence[str], run_dir: Path) -> ScGPTConfig:
+    def resolve(
+        self,
+        config: ScGPTConfig,
+        *,
+        genes: Sequence[str],
+        run_dir: Path,
+        expression: Expression | None = None,
+    ) -> ScGPTConfig:
         if config.checkpoint is not None or config.vocab is not None:
             return config
         from sctune.backbones.scgpt.weights import SPECIALS

@@ -25,6 +25,9 @@ class CellTypeConfig(PluginConfig):
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="weighted: sample training cells with probability 1/n_c"
     )
+    min_class_cells: int = Field(
+        10, ge=1, description="warn about classes with fewer training cells than this"
+    )
     knn_k: int = Field(10, ge=1, description="zero_shot: neighbours for kNN label transfer")
     umap: bool = Field(True, description="draw the UMAP of test-cell embeddings")
     scib_silhouette: bool = Field(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from sctune import hookimpl
-from sctune.core.task import Task
+from sctune.core.task import Direction, Preflight, Task
 from sctune.tasks.cell_type.config import CellTypeConfig
 
 if TYPE_CHECKING:
@@ -30,6 +30,46 @@ class CellTypeTask(Task):
     description: ClassVar[str] = (
         "cell-type identification (classifier head, kNN zero-shot transfer)"
     )
+    monitors: ClassVar[dict[str, Direction]] = {
+        "valid/accuracy": "max",
+        "valid/balanced_accuracy": "max",
+        "valid/macro_f1": "max",
+    }
+
+    def preflight(
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
+    ) -> Preflight:
+        """At least two classes; every validation/test class has training cells; tiny classes."""
+        report = Preflight()
+        train = set(labels[split["train"]])
+        if len(set(labels)) < 2:
+            only = next(iter(set(labels)), "")
+            report.errors.append(
+                f"data.label_column: every cell has the same label ('{only}', {len(labels)} "
+                "cells); a classifier needs at least 2 classes: check data.label_column, or add "
+                "cells of other types"
+            )
+        for part in ("valid", "test"):
+            missing = sorted(set(labels[split[part]]) - train)
+            if missing:
+                report.errors.append(
+                    f"{len(missing)} class(es) in the {part} split have no training cells: "
+                    + ", ".join(
+                        f"'{m}' ({int((labels[split[part]] == m).sum())} cells)"
+                        for m in missing[:5]
+                    )
+                    + " ; use a stratified split, or drop these cells"
+                )
+        counts = {c: int((labels[split["train"]] == c).sum()) for c in sorted(train)}
+        tiny = {c: n for c, n in counts.items() if n < config.min_class_cells}
+        if tiny:
+            report.warnings.append(
+                f"{len(tiny)} class(es) have fewer than {config.min_class_cells} training cells "
+                "(task.min_class_cells): "
+                + ", ".join(f"'{c}' ({n})" for c, n in sorted(tiny.items(), key=lambda x: x[1]))
+            )
+        report.info.append(f"{len(train)} training classes")
+        return report
 
     def prepare(
         self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
@@ -77,6 +117,30 @@ class CellTypeTask(Task):
             np.float64
         )
         return 1.0 / counts[prepared.train_targets]
+
+    def validation_metrics(
+        self, logits: np.ndarray, targets: np.ndarray, prepared: CellTypeState, config: Any
+    ) -> dict[str, float]:
+        from sctune.tasks.cell_type import metrics
+
+        m = metrics.classification_metrics(targets, logits.argmax(axis=1), prepared.classes)
+        return {k.split("/")[1]: float(m[k.split("/")[1]]) for k in self.monitors}
+
+    def annotate(self, logits: np.ndarray, prepared: CellTypeState) -> dict[str, np.ndarray]:
+        pred, conf = self.predict(logits, prepared)
+        return {
+            "sctune_prediction": pred.astype(str),
+            "sctune_confidence": conf.astype(np.float32),
+        }
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        return (
+            f"accuracy {metrics['accuracy']:.4f}  balanced accuracy "
+            f"{metrics['balanced_accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}"
+        )
+
+    def describe(self, prepared: CellTypeState) -> str:
+        return f"{len(prepared.classes)} classes"
 
     def predict(
         self, logits: np.ndarray, prepared: CellTypeState
