@@ -25,13 +25,15 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _registry():
-    return testing.registry_with(testing.ToyBackbone, autoload=True)
+    return testing.registry_with(testing.ToyBackbone, testing.ToyRegressionTask, autoload=True)
 
 
 REGISTRY = _registry()
 
 
 def _pairs() -> tuple[list, list]:
+    """(backbone, adapter, task) triples that must work, and backbone/adapter pairs that must
+    be refused. Methods that train nothing join only tasks that declare zero-shot transfer."""
     ok, bad = [], []
     for b in REGISTRY.names("backbone"):
         for a in REGISTRY.names("adapter"):
@@ -39,13 +41,18 @@ def _pairs() -> tuple[list, list]:
                 REGISTRY.check_compatible(b, a)
             except CompatibilityError:
                 bad.append(pytest.param(b, a, id=f"{b}-{a}"))
-            else:
+                continue
+            for t in REGISTRY.names("task"):
+                if not REGISTRY.get("adapter", a).cls.trains and not (
+                    REGISTRY.get("task", t).cls.zero_shot
+                ):
+                    continue
                 marks = (
                     [pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(b, a)])]
                     if (b, a) in KNOWN_BUGS
                     else []
                 )
-                ok.append(pytest.param(b, a, id=f"{b}-{a}", marks=marks))
+                ok.append(pytest.param(b, a, t, id=f"{b}-{a}-{t}", marks=marks))
     return ok, bad
 
 
@@ -76,7 +83,13 @@ def backbone_options(tmp_path_factory: pytest.TempPathFactory, tiny_h5ad: Path):
 
 
 def _recipe(
-    backbone: str, adapter: str, options: dict, data: Path, out: Path, plots: bool = False
+    backbone: str,
+    adapter: str,
+    options: dict,
+    data: Path,
+    out: Path,
+    plots: bool = False,
+    task: str = TASK,
 ) -> dict:
     return {
         "sctune": 1,
@@ -89,7 +102,7 @@ def _recipe(
         },
         "backbone": {"name": backbone, **options},
         "adapter": {"name": adapter},
-        "task": {"name": TASK, "umap": plots},
+        "task": {"name": task, **({"umap": plots} if task == TASK else {})},
         "trainer": {
             "epochs": 1,
             "batch_size": 16,
@@ -105,20 +118,21 @@ def _recipe(
 
 def test_matrix_is_not_empty() -> None:
     assert {"scgpt", "geneformer", "scbert"} <= set(REGISTRY.names("backbone"))
-    assert len(COMPATIBLE) >= 3 * 7
+    assert {"cell_type", "toy_regression"} <= set(REGISTRY.names("task"))
+    assert len(COMPATIBLE) >= 3 * 7 + 3 * 6
     assert INCOMPATIBLE, "the toy backbone must be refused by some adapter"
 
 
-@pytest.mark.parametrize(("backbone", "adapter"), COMPATIBLE)
+@pytest.mark.parametrize(("backbone", "adapter", "task"), COMPATIBLE)
 def test_train_save_reload(
-    backbone: str, adapter: str, backbone_options, tiny_h5ad: Path, tmp_path: Path
+    backbone: str, adapter: str, task: str, backbone_options, tiny_h5ad: Path, tmp_path: Path
 ) -> None:
     options = backbone_options(backbone)
     if options is None:
         pytest.skip(f"backbone '{backbone}' provides no example_config")
     if not REGISTRY.get("adapter", adapter).cls.trains:  # no fresh stem that would stay random
         options = {**options, **REGISTRY.get("backbone", backbone).cls.parameter_free_options}
-    rec = _recipe(backbone, adapter, options, tiny_h5ad, tmp_path / "run")
+    rec = _recipe(backbone, adapter, options, tiny_h5ad, tmp_path / "run", task=task)
     result = api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None)
 
     run_dir = result.run_dir
@@ -148,14 +162,16 @@ def test_train_save_reload(
     out = api.predict(run_dir, tiny_h5ad, tmp_path / "annotated.h5ad", registry=REGISTRY)
     got, want = ad.read_h5ad(out), ad.read_h5ad(run_dir / "predictions.h5ad")
     assert list(got.obs_names) == list(want.obs_names)
-    np.testing.assert_array_equal(
-        got.obs["sctune_prediction"].to_numpy(dtype=str),
-        want.obs["sctune_prediction"].to_numpy(dtype=str),
-    )
     np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(
-        got.obs["sctune_confidence"], want.obs["sctune_confidence"], atol=1e-5, rtol=0
-    )
+    columns = [c for c in want.obs.columns if c.startswith("sctune_") and c != "sctune_split"]
+    assert columns, "the task wrote no output column"
+    for c in columns:  # whatever the task writes, predict writes the same
+        if want.obs[c].dtype.kind in "fc":
+            np.testing.assert_allclose(got.obs[c], want.obs[c], rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(
+                got.obs[c].to_numpy(dtype=str), want.obs[c].to_numpy(dtype=str)
+            )
 
 
 def _always_frozen(backbone: str, run_dir: Path) -> int:
@@ -237,3 +253,20 @@ def test_zero_shot_refuses_an_untrained_pooling_stem(
         assert f"backbone.{key}={cls.parameter_free_options[key]}" in (info.value.hint or "")
         assert not (tmp_path / "run").exists()
     assert refused >= 1
+
+
+def test_a_method_that_trains_nothing_needs_a_task_with_transfer(
+    backbone_options, tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    from sctune.core.errors import RecipeError
+
+    rec = _recipe(
+        "scgpt",
+        "zero_shot",
+        backbone_options("scgpt"),
+        tiny_h5ad,
+        tmp_path / "r",
+        task="toy_regression",
+    )
+    with pytest.raises(RecipeError, match="needs a task with zero-shot transfer"):
+        api.validate(rec, registry=REGISTRY, check_data=False)

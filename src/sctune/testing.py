@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -550,10 +550,107 @@ def reference_scgpt_model(
     return ref.eval()
 
 
+# --------------------------------------------------------------------------- a toy task
+
+
+def _make_toy_regression() -> type:
+    import numpy as np
+    from pydantic import Field
+
+    from sctune.core.config import PluginConfig
+    from sctune.core.errors import DataError
+    from sctune.core.task import Direction, Preflight, Task
+
+    class ToyRegressionConfig(PluginConfig):
+        """Options of the ``toy_regression`` test task."""
+
+        column: str = Field("n_genes", description="numeric adata.obs column to predict")
+
+    class _ToyRegressionTask(Task):
+        """Predict log1p of a numeric obs column from the cell embedding (not a classifier).
+
+        A test task that exercises everything the engine must not assume about classification:
+        float targets, its own obs column, MSE, metrics to minimise, its own output column.
+        """
+
+        name = "toy_regression"
+        config_cls = ToyRegressionConfig
+        description = "test task: regress log1p(obs[column]) on the cell embedding"
+        monitors: ClassVar[dict[str, Direction]] = {"valid/mse": "min", "valid/r2": "max"}
+
+        def _values(self, obs: Any, config: Any) -> np.ndarray:
+            if obs is None or config.column not in obs.columns:
+                raise DataError(f"task.column: obs column '{config.column}' not found")
+            return np.log1p(obs[config.column].to_numpy(dtype=np.float64))
+
+        def preflight(self, labels: Any, split: Any, config: Any) -> Preflight:
+            return Preflight(info=[f"regressing log1p(obs['{config.column}'])"])
+
+        def prepare(self, labels: Any, split: Any, config: Any, *, obs: Any = None) -> Any:
+            y = self._values(obs, config)[split["train"]]
+            return {"column": config.column, "mean": float(y.mean()), "std": float(y.std() or 1)}
+
+        def targets(self, labels: Any, prepared: Any, *, obs: Any = None) -> Any:
+            cfg = ToyRegressionConfig(column=prepared["column"])
+            y = (self._values(obs, cfg) - prepared["mean"]) / prepared["std"]
+            return y.astype(np.float32)
+
+        def head(self, hidden_size: int, prepared: Any, config: Any) -> Any:
+            from torch import nn
+
+            return nn.Linear(hidden_size, 1)
+
+        def loss(self, logits: Any, targets: Any, prepared: Any, config: Any) -> Any:
+            import torch.nn.functional as F
+
+            return F.mse_loss(logits[:, 0].float(), targets.float())
+
+        def _scores(self, logits: Any, targets: Any) -> dict[str, float]:
+            from sklearn.metrics import mean_squared_error, r2_score
+
+            pred = logits[:, 0]
+            r2 = float(r2_score(targets, pred)) if len(targets) > 1 else 0.0
+            return {"mse": float(mean_squared_error(targets, pred)), "r2": r2}
+
+        def validation_metrics(self, logits: Any, targets: Any, prepared: Any, config: Any) -> Any:
+            return self._scores(logits, targets)
+
+        def evaluate(
+            self,
+            *,
+            logits: Any,
+            targets: Any,
+            embeddings: Any,
+            prepared: Any,
+            config: Any,
+            out_dir: Any,
+        ) -> dict[str, Any]:
+            return self._scores(logits, targets)
+
+        def annotate(self, logits: Any, prepared: Any) -> dict[str, Any]:
+            value = np.expm1(logits[:, 0] * prepared["std"] + prepared["mean"])
+            return {"sctune_value": value.astype(np.float32)}
+
+        def summary(self, metrics: dict[str, Any]) -> str:
+            return f"mse {metrics['mse']:.4f}  r2 {metrics['r2']:.4f}"
+
+        def state(self, prepared: Any) -> dict[str, Any]:
+            return dict(prepared)
+
+        def from_state(self, state: dict[str, Any]) -> Any:
+            return dict(state)
+
+    return _ToyRegressionTask
+
+
+_LAZY = {"ToyBackbone": _make_toy, "ToyRegressionTask": _make_toy_regression}
+
+
 def __getattr__(name: str) -> Any:
-    """``sctune.testing.ToyBackbone`` is built on first use (keeps this module torch-free)."""
-    if name == "ToyBackbone":
-        cls = _make_toy()
-        globals()["ToyBackbone"] = cls
+    """``ToyBackbone`` and ``ToyRegressionTask`` are built on first use (keeps this module
+    torch-free)."""
+    if name in _LAZY:
+        cls = _LAZY[name]()
+        globals()[name] = cls
         return cls
     raise AttributeError(name)

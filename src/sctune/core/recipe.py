@@ -761,7 +761,14 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
     if len(set(names)) != len(names):
         problems.append(f"adapter: the same adapter is listed twice ({', '.join(names)})")
     if chosen["task"]:
-        problems += _task_problems(data, registry.entries["task"][chosen["task"][0].name].cls)
+        task_cls = registry.entries["task"][chosen["task"][0].name].cls
+        problems += _task_problems(data, task_cls)
+        for n in names:
+            if not registry.entries["adapter"][n].cls.trains and not task_cls.zero_shot:
+                problems.append(
+                    f"adapter: '{n}' trains nothing and needs a task with zero-shot transfer; "
+                    f"task '{task_cls.name}' has none (its class declares zero_shot = False)"
+                )
     if problems or env is None or backbone is None or not chosen["task"]:
         # only mismatches: a CompatibilityError (still one message listing every problem)
         error_cls = CompatibilityError if problems and problems == compat else RecipeError

@@ -106,8 +106,8 @@ def prepare_inputs(
     tokens = backbone.tokenize(expr, bcfg, seed=seed)
     if tokens.gene_match is not None:
         say(f"genes: {tokens.gene_match.summary()}")
-    prepared = task.prepare(data.labels, split, rec.task.config)
-    targets = task.targets(data.labels, prepared)
+    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs)
+    targets = task.targets(data.labels, prepared, obs=data.obs)
     return Inputs(
         backbone, adapters, task, data, split, bcfg, tokens, prepared, targets, warnings, info
     )
@@ -547,7 +547,7 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
     backbone, adapters, task = _components(rec, registry)
     data = load_data(rec.data, seed=rec.envelope.seed)
     split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
-    prepared = task.prepare(data.labels, split, rec.task.config)
+    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs)
     with tempfile.TemporaryDirectory() as tmp:
         bcfg = resolve_config(
             backbone,
@@ -591,7 +591,9 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             sub = _subset_expression(data.expression, idx)
             cells = backbone.tokenize(sub, bcfg, seed=rec.envelope.seed)
             batch = cells.collate([cells[i] for i in range(len(cells))])
-            targets = torch.as_tensor(task.targets(data.labels[idx], prepared))
+            targets = torch.as_tensor(
+                task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx])
+            )
             model.train()
             _, logits = model(batch)
             task.loss(logits, targets, prepared, rec.task.config).backward()

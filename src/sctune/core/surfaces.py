@@ -164,7 +164,9 @@ class BlockSurfaces:
 class Surfaces:
     """Everything an adapter may touch on one built backbone module.
 
-    ``notes`` maps a capability to a sentence saying where it sits on this backbone (shown by
+    ``hidden_size`` is the width of the token stream the slots see (what adapters size their
+    tensors by); it may differ from the module's ``hidden_size``, the cell-embedding width the
+    head reads (scBERT's convolutional stem). ``notes`` maps a capability to a sentence saying where it sits on this backbone (shown by
     ``sctune plugins`` and in run reports).
     """
 

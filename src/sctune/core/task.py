@@ -76,6 +76,9 @@ class Task(ABC):
     config_cls: ClassVar[type[PluginConfig]]
     description: ClassVar[str] = ""
     monitors: ClassVar[dict[str, Direction]] = {}
+    zero_shot: ClassVar[bool] = False
+    """True when :meth:`transfer` is implemented, so methods that train nothing
+    (``zero_shot``) can run with this task; validate refuses the pair otherwise."""
 
     def preflight(
         self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig
@@ -86,13 +89,24 @@ class Task(ABC):
 
     @abstractmethod
     def prepare(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig
+        self,
+        labels: np.ndarray,
+        split: dict[str, np.ndarray],
+        config: PluginConfig,
+        *,
+        obs: Any = None,
     ) -> Any:
-        """Build the task state from all labels and the split (statistics from training only)."""
+        """Build the task state from all cells and the split (statistics from training only).
+
+        ``labels`` is the ``data.label_column`` of every cell as strings; ``obs`` the whole
+        ``adata.obs`` table (the engine always passes it), for tasks that read other columns.
+        """
 
     @abstractmethod
-    def targets(self, labels: np.ndarray, prepared: Any) -> np.ndarray:
-        """Integer targets for ``labels`` (``-1`` for labels unknown to the task)."""
+    def targets(self, labels: np.ndarray, prepared: Any, *, obs: Any = None) -> np.ndarray:
+        """One target per cell (``labels`` and ``obs`` rows in the same order): integer classes
+        (``-1`` for labels unknown to the task), or floats for a regression; the engine batches
+        them with their own dtype."""
 
     @abstractmethod
     def head(self, hidden_size: int, prepared: Any, config: PluginConfig) -> nn.Module:

@@ -86,20 +86,20 @@ def _loader(
 
 
 class _Indexed(Dataset):
-    """Tokenized cells + integer targets."""
+    """Tokenized cells + the task's targets (any dtype: classes, values)."""
 
     def __init__(self, cells: Any, targets: np.ndarray) -> None:
-        self.cells, self.targets = cells, targets
+        self.cells, self.targets = cells, np.asarray(targets)
 
     def __len__(self) -> int:
         return len(self.cells)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        return self.cells[i], int(self.targets[i])
+        return self.cells[i], i
 
     def collate(self, items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
         batch = self.cells.collate([x for x, _ in items])
-        batch["targets"] = torch.tensor([t for _, t in items], dtype=torch.long)
+        batch["targets"] = torch.as_tensor(self.targets[[i for _, i in items]])
         return batch
 
 

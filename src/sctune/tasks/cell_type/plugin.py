@@ -30,6 +30,7 @@ class CellTypeTask(Task):
     description: ClassVar[str] = (
         "cell-type identification (classifier head, kNN zero-shot transfer)"
     )
+    zero_shot: ClassVar[bool] = True  # kNN label transfer (transfer())
     monitors: ClassVar[dict[str, Direction]] = {
         "valid/accuracy": "max",
         "valid/balanced_accuracy": "max",
@@ -72,7 +73,7 @@ class CellTypeTask(Task):
         return report
 
     def prepare(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any, *, obs: Any = None
     ) -> CellTypeState:
         train = labels[split["train"]]
         classes = sorted(set(train.tolist()))
@@ -86,7 +87,9 @@ class CellTypeTask(Task):
         state.train_targets = self.targets(train, state)
         return state
 
-    def targets(self, labels: np.ndarray, prepared: CellTypeState) -> np.ndarray:
+    def targets(
+        self, labels: np.ndarray, prepared: CellTypeState, *, obs: Any = None
+    ) -> np.ndarray:
         index = {c: i for i, c in enumerate(prepared.classes)}
         return np.array([index.get(str(x), -1) for x in labels], dtype=np.int64)
 
