@@ -331,3 +331,134 @@ def test_local_plugins_file(tmp_path: Path, tiny_h5ad: Path, cli) -> None:
         api.get_registry([bad], autoload=False)
     result = cli("--plugins", bad, "plugins")
     assert result.code == 2 and "plugin 'nope'" in result.err and "Traceback" not in result.text
+
+
+TASK_DIST, TASK_MODULE = "sctune-abovemedian", "sctune_abovemedian"
+TASK_SOURCE = '''
+"""A third-party task: is a numeric obs column above its training median? (ROC AUC, a score)."""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from sctune import hookimpl
+from sctune.core.config import PluginConfig
+from sctune.core.task import Preflight, Task
+
+
+class AboveMedianConfig(PluginConfig):
+    column: str = Field("n_counts", description="numeric obs column")
+
+
+class AboveMedian(Task):
+    name = "above_median"
+    config_cls = AboveMedianConfig
+    description = "binary: obs[column] above its training median"
+    monitors = {"valid/auc": "max"}
+
+    def preflight(self, labels, split, config):
+        return Preflight(info=[f"above-median of {config.column}"])
+
+    def prepare(self, labels, split, config, *, obs=None):
+        values = obs[config.column].to_numpy(dtype=float)
+        return {"column": config.column, "median": float(np.median(values[split["train"]]))}
+
+    def targets(self, labels, prepared, *, obs=None):
+        return (obs[prepared["column"]].to_numpy(dtype=float) > prepared["median"]).astype(
+            np.float32
+        )
+
+    def head(self, hidden_size, prepared, config):
+        from torch import nn
+
+        return nn.Linear(hidden_size, 1)
+
+    def loss(self, logits, targets, prepared, config):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), targets.float())
+
+    def _auc(self, logits, targets):
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(targets, logits[:, 0])) if len(set(targets)) > 1 else 0.5
+
+    def validation_metrics(self, logits, targets, prepared, config):
+        return {"auc": self._auc(logits, targets)}
+
+    def evaluate(self, *, logits, targets, embeddings, prepared, config, out_dir):
+        return {"auc": self._auc(logits, targets)}
+
+    def annotate(self, logits, prepared):
+        return {"sctune_score": (1 / (1 + np.exp(-logits[:, 0]))).astype(np.float32)}
+
+    def summary(self, metrics):
+        return f"AUC {metrics['auc']:.3f}"
+
+    def state(self, prepared):
+        return dict(prepared)
+
+    def from_state(self, state):
+        return dict(state)
+
+
+@hookimpl
+def sctune_register_tasks():
+    return [AboveMedian]
+'''
+
+
+def test_a_third_party_task_trains_predicts_and_reloads_from_the_cli(
+    tmp_path: Path, tiny_h5ad: Path, monkeypatch: pytest.MonkeyPatch, cli
+) -> None:
+    """A task shipped as its own distribution: validate refuses a metric it does not declare,
+    the CLI trains with early stopping on its own metric, and predict reproduces its column."""
+    import anndata as ad
+    import numpy as np
+    import yaml
+
+    site = _write_distribution(
+        tmp_path / "site", TASK_SOURCE, module=TASK_MODULE, dist=TASK_DIST, ep_name="abovemedian"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry = api.get_registry()
+    assert registry.get("task", "above_median").distribution == TASK_DIST
+    options = registry.get("backbone", "scgpt").cls.example_config(
+        tmp_path, testing.adata_genes(tiny_h5ad)
+    )
+    rec = {
+        "sctune": 1,
+        "name": "above-median",
+        "data": {"path": str(tiny_h5ad)},
+        "backbone": {"name": "scgpt", **options},
+        "adapter": {"name": "lora"},
+        "task": {"name": "above_median"},
+        "trainer": {
+            "epochs": 3,
+            "device": "cpu",
+            "early_stopping": {"monitor": "valid/accuracy", "patience": 2},
+        },
+        "output": {"dir": str(tmp_path / "run"), "plots": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    refused = cli("validate", path)
+    assert refused.code == 2 and "'valid/accuracy' is not a metric task 'above_median'" in (
+        refused.text
+    )
+    rec["trainer"]["early_stopping"]["monitor"] = "valid/auc"
+    path.write_text(yaml.safe_dump(rec))
+    run = cli("run", path, "--quiet")
+    assert run.code == 0, run.text
+    assert "test: AUC" in run.text
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0
+    log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all("valid/auc" in m for m in log)  # the engine logged the task's own metric
+    out = tmp_path / "annotated.h5ad"
+    pred = cli("predict", tmp_path / "run", tiny_h5ad, "-o", out)
+    assert pred.code == 0, pred.text
+    got, want = ad.read_h5ad(out), ad.read_h5ad(tmp_path / "run" / "predictions.h5ad")
+    np.testing.assert_allclose(got.obs["sctune_score"], want.obs["sctune_score"], atol=1e-6)
+    for name in [m for m in sys.modules if m.startswith(TASK_MODULE)]:
+        del sys.modules[name]

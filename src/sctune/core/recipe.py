@@ -352,10 +352,47 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], prefix: str 
     return lines
 
 
+_PLUGIN_SECTIONS = ("backbone", "adapter", "task")
+
+
+def _plugin_section(parts: Sequence[str]) -> tuple[str, ...] | None:
+    """The plugin section whose ``name`` the dotted key ``parts`` sets (``backbone``, ``adapter``,
+    ``task`` or ``adapter.N`` in a list of adapters), else ``None``."""
+    if len(parts) < 2 or parts[-1] != "name":
+        return None
+    section = tuple(parts[:-1])
+    if len(section) == 1 and section[0] in _PLUGIN_SECTIONS:
+        return section
+    if len(section) == 2 and section[0] == "adapter" and section[1].isdigit():
+        return section
+    return None
+
+
+def _drop_other_plugin_keys(
+    node: dict[str, Any], section: tuple[str, ...], explicit: set[tuple[str, ...]]
+) -> None:
+    """Remove the keys of a plugin section that belong to the plugin being replaced.
+
+    Keys this command's overrides set themselves (``explicit``, dotted paths) are kept, so
+    ``adapter.rank=4 adapter.name=lora`` keeps ``rank`` whatever the order.
+    """
+    for key in [k for k in node if k != "name"]:
+        path = (*section, str(key))
+        if not any(p[: len(path)] == path or path[: len(p)] == p for p in explicit):
+            del node[key]
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a copy of ``data``."""
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a copy of ``data``.
+
+    Setting a plugin's ``name`` (``backbone.name``, ``adapter.name``, ``adapter.N.name``,
+    ``task.name``) to a different plugin drops the old plugin's options from that section, since
+    they belong to the plugin being replaced (``sctune run quickstart adapter.name=lora``). Options
+    given by the command's own overrides stay, before or after the name.
+    """
     out = copy.deepcopy(data)
     problems = []
+    explicit: set[tuple[str, ...]] = set()
     for item in overrides:
         if "=" not in item:
             problems.append(f"override '{item}': expected dotted.key=value, e.g. trainer.epochs=5")
@@ -387,9 +424,14 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if isinstance(node, list) and last.isdigit():
                 node[int(last)] = value
             elif isinstance(node, dict):
+                section = _plugin_section(parts)
+                if section is not None and node.get("name", value) != value:
+                    _drop_other_plugin_keys(node, section, explicit)
                 node[last] = value
             else:
                 problems.append(f"override '{item}': cannot set '{last}'")
+                continue
+            explicit.add(tuple(parts))
     if problems:
         n = len(problems)
         raise RecipeError(
