@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +137,8 @@ def _check_class(cls: Any, base: type, kind: str, r: _Report) -> bool:
 
 def _config(cls: Any, options: Mapping[str, Any] | None, r: _Report) -> PluginConfig:
     with r.step(f"{cls.config_cls.__name__}(**{dict(options or {})!r})", required=True):
-        return cls.config_cls(**dict(options or {}))  # type: ignore[no-any-return]
+        config: PluginConfig = cls.config_cls(**dict(options or {}))
+        return config
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -335,18 +337,18 @@ def _check_surfaces(
     if slot is not None and r.expect(
         id(slot) in inside, "input_embedding slot is not a submodule"
     ):
-        changes("input_embedding", lambda: _push(slot.adapters, _shift()))
+        changes("input_embedding", partial(_push, slot.adapters, _shift()))
     for i, block in enumerate(surfaces.blocks):
         att, ffn, prompt = block.attention_output, block.ffn_parallel, block.prompt
         for label, s in (("attention_output", att), ("ffn_parallel", ffn), ("prompt", prompt)):
             if s is not None:
                 r.expect(id(s) in inside, f"block {i} {label} slot is not a submodule")
         if att is not None:
-            changes(f"block {i} attention_output", lambda att=att: _push(att.adapters, _shift()))
+            changes(f"block {i} attention_output", partial(_push, att.adapters, _shift()))
         if ffn is not None:
-            changes(f"block {i} ffn_parallel", lambda ffn=ffn: _push(ffn.branches, _shift()))
+            changes(f"block {i} ffn_parallel", partial(_push, ffn.branches, _shift()))
         if prompt is not None:
-            changes(f"block {i} prompt", lambda p=prompt: _prompt(p, surfaces.hidden_size))
+            changes(f"block {i} prompt", partial(_prompt, prompt, surfaces.hidden_size))
         for target, site in block.projections.items():
             linear = site.module
             if not r.expect(
@@ -362,7 +364,7 @@ def _check_surfaces(
                     f"block {i} projection '{target}' rows {site.rows} are not a contiguous "
                     f"slice of {linear.out_features} outputs",
                 )
-            changes(f"block {i} projection '{target}'", lambda s=site: _scale_site(s))
+            changes(f"block {i} projection '{target}'", partial(_scale_site, site))
     if Capability.PROMPT_TOKENS in cls.provides and surfaces.blocks:
         _check_prompt_shapes(module, surfaces, batch, r)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -120,7 +120,7 @@ def assemble(
             if id(p) not in frozen_ids:
                 p.requires_grad_(True)
                 fresh_ids.add(id(p))
-    head = task.head(int(module.hidden_size), prepared, task_cfg)
+    head = task.head(int(cast(Any, module).hidden_size), prepared, task_cfg)
     model = CellModel(module, head)
     out = Assembled(
         model, handles, fresh_modules=fresh, base_buffers=base_buffers, adapters=list(adapters)

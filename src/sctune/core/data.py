@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
-from sctune.core.cells import Expression, ExpressionKind
+from sctune.core.cells import Expression, ExpressionKind, looks_like_ensembl
 from sctune.core.errors import DataError, did_you_mean, quoted
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
             adata = _pbmc68k_counts(adata)
         return adata
     file = Path(path)
-    if where == "data.path":
+    if where.startswith("data.path"):
         where_hint = (
             "relative paths in a recipe file resolve against its folder, on the command "
             "line against the working directory; or use 'scanpy:pbmc68k_reduced'"
@@ -75,6 +75,17 @@ def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
             hint="sctune reads AnnData .h5ad files (adata.write_h5ad); the file may be "
             "truncated or in another format",
         ) from exc
+
+
+def describe_path(path: str | list[str] | dict[str, str]) -> str:
+    """``data.path`` for a log line: ``'cells.h5ad'``, or ``2 files (a: a.h5ad, b: b.h5ad)``."""
+    from sctune.core.recipe import data_files
+
+    files = data_files(path)
+    if files is None:
+        return f"'{path}'"
+    shown = ", ".join(f"{b}: {Path(p).name}" for b, p in files)
+    return f"{_count(len(files), 'file')} ({shown})"
 
 
 def _pbmc68k_counts(adata: ad.AnnData) -> ad.AnnData:
@@ -109,7 +120,7 @@ def _pbmc68k_counts(adata: ad.AnnData) -> ad.AnnData:
 
 def detect_kind(X: sparse.spmatrix | np.ndarray) -> ExpressionKind:
     """``counts`` (non-negative integers), ``lognorm`` (non-negative floats) or ``scaled``."""
-    values = X.data if sparse.issparse(X) else np.asarray(X).ravel()
+    values: Any = X.data if sparse.issparse(X) else np.asarray(X).ravel()
     if values.size == 0:
         return "counts"
     sample = values[:: max(1, values.size // 200_000)]
@@ -122,13 +133,18 @@ def detect_kind(X: sparse.spmatrix | np.ndarray) -> ExpressionKind:
 
 @dataclass
 class LoadedData:
-    """The chosen matrix as an :class:`Expression`, the labels and where they came from."""
+    """The chosen matrix as an :class:`Expression`, the labels and where they came from.
+
+    ``files`` describes each file when ``data.path`` lists several (batch, path, cells, genes,
+    genes kept after the intersection, identifier source); it is empty for one file.
+    """
 
     expression: Expression
     labels: np.ndarray
     obs: Any
     source: str
     notes: list[str] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _candidates(adata: ad.AnnData) -> list[tuple[str, Any, Any]]:
@@ -141,6 +157,31 @@ def _candidates(adata: ad.AnnData) -> list[tuple[str, Any, Any]]:
 
 # Above this share of cells without any count the data is refused; below it, warned about.
 MAX_EMPTY_CELLS = 0.5
+# Several files: refuse when fewer genes than this, or than this share of the smallest file's
+# genes, are found in every file (a sign of mismatched identifiers or species).
+MIN_SHARED_GENES = 200
+MIN_SHARED_FRACTION = 0.2
+UNKNOWN_LABEL = "unknown"
+SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name")
+ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "feature_id")
+
+
+@dataclass
+class _File:
+    """One file's chosen matrix and metadata, before several files are combined."""
+
+    name: str
+    X: sparse.csr_matrix
+    chosen: str
+    detected: ExpressionKind
+    kind: ExpressionKind
+    genes: tuple[str, ...]
+    gene_source: str
+    var: Any
+    library: np.ndarray | None
+    labels: np.ndarray
+    obs: Any
+    notes: list[str]
 
 
 def load_data(
@@ -149,10 +190,61 @@ def load_data(
     """Load ``cfg.path`` and return expression + labels, or raise :class:`DataError`.
 
     With ``require_labels=False`` (prediction on unlabeled data) a missing label column yields
-    the label ``"unknown"`` for every cell. ``where`` names the source in messages when it is
-    not the recipe's ``data.path`` (``sctune predict`` passes ``"query 'cells.h5ad'"``); keys
-    are then reported as "the run's data.<key>".
+    the label ``"unknown"`` for every cell, as does ``data.label_column: null``. ``where`` names
+    the source in messages when it is not the recipe's ``data.path`` (``sctune predict`` passes
+    ``"query 'cells.h5ad'"``); keys are then reported as "the run's data.<key>".
+
+    ``cfg.path`` may list several files (a list, or a mapping ``{batch name: path}``): see
+    :func:`_load_files`.
     """
+    files = cfg.files
+    if files is not None:
+        return _load_files(cfg, files, seed=seed, require_labels=require_labels)
+    origin = "data.path" if where is None else where
+    adata = read_adata(cfg.path, where=origin)  # type: ignore[arg-type]
+    part = _from_adata(
+        adata,
+        cfg,
+        name=Path(cfg.path).name,  # type: ignore[arg-type]
+        origin=origin,
+        where=where,
+        require_labels=require_labels,
+        subsample_seed=seed,
+    )
+    notes = part.notes
+    if cfg.label_column is None:
+        notes.append(_no_labels_note(part.labels.size))
+    expr = Expression(
+        X=part.X,
+        genes=part.genes,
+        kind=part.kind,
+        library_size=part.library if part.kind == "counts" else None,
+        cell_ids=tuple(map(str, part.obs.index)),
+        gene_symbols=_first_column(part.var, SYMBOL_COLUMNS),
+        gene_ids=_first_column(part.var, ID_COLUMNS),
+    )
+    return LoadedData(expr, part.labels, part.obs, part.chosen, notes)
+
+
+def _no_labels_note(n: int) -> str:
+    return (
+        f"data.label_column is null: all {n:,} cells are labelled '{UNKNOWN_LABEL}', so the "
+        "task gets no labels (a classifier refuses this; set data.label_column to the "
+        "adata.obs column with the cell types)"
+    )
+
+
+def _from_adata(
+    adata: ad.AnnData,
+    cfg: DataConfig,
+    *,
+    name: str,
+    origin: str,
+    where: str | None,
+    require_labels: bool,
+    subsample_seed: int | None,
+) -> _File:
+    """One file: checks, matrix choice, kind, identifiers, library sizes and labels."""
     import warnings
 
     from sctune.core.errors import SctuneWarning
@@ -160,9 +252,6 @@ def load_data(
     def key(k: str) -> str:
         return f"data.{k}" if where is None else f"{where} (the run's data.{k})"
 
-    origin = "data.path" if where is None else where
-    adata = read_adata(cfg.path, where=origin)
-    name = Path(cfg.path).name
     if adata.n_obs == 0 or adata.n_vars == 0:
         empty = "cells (adata.n_obs is 0)" if adata.n_obs == 0 else "genes (adata.n_vars is 0)"
         raise DataError(
@@ -174,17 +263,21 @@ def load_data(
             ),
             hint="check that the file was written after filtering, not before",
         )
-    if cfg.label_column not in adata.obs.columns and not require_labels:
-        adata.obs[cfg.label_column] = "unknown"
-    if cfg.label_column not in adata.obs.columns:
-        raise DataError(
-            f"{key('label_column')}: column '{cfg.label_column}' not found in adata.obs of '{name}'"
-            f"{did_you_mean(cfg.label_column, adata.obs.columns)}\n"
-            f"  available columns: {', '.join(map(str, adata.obs.columns)) or '(none)'}"
-        )
-    if cfg.max_cells is not None and adata.n_obs > cfg.max_cells:
+    label_column = cfg.label_column
+    if label_column is not None and label_column not in adata.obs.columns:
+        if not require_labels:
+            label_column = None
+        else:
+            raise DataError(
+                f"{key('label_column')}: column '{label_column}' not found in adata.obs of "
+                f"'{name}'{did_you_mean(label_column, adata.obs.columns)}\n"
+                f"  available columns: {', '.join(map(str, adata.obs.columns)) or '(none)'}",
+                hint="set data.label_column to the column with the cell types, or to null "
+                "to load the cells without labels",
+            )
+    if subsample_seed is not None and cfg.max_cells is not None and adata.n_obs > cfg.max_cells:
         idx = np.sort(
-            np.random.default_rng(seed).choice(adata.n_obs, cfg.max_cells, replace=False)
+            np.random.default_rng(subsample_seed).choice(adata.n_obs, cfg.max_cells, replace=False)
         )
         adata = adata[idx].copy()
     cands = _candidates(adata)
@@ -261,37 +354,360 @@ def load_data(
             )
         warnings.warn(f"{text}; they are embedded from no genes ({tip})", SctuneWarning, 2)
     if cfg.gene_column is None:
-        genes = tuple(map(str, var.index))
+        genes, gene_source = tuple(map(str, var.index)), "var_names"
     elif cfg.gene_column in var.columns:
         genes = tuple(map(str, var[cfg.gene_column]))
+        gene_source = f"var['{cfg.gene_column}']"
     else:
         raise DataError(
             f"{key('gene_column')}: column '{cfg.gene_column}' not found in adata.var of '{name}'"
             f"{did_you_mean(cfg.gene_column, var.columns)}\n"
             f"  available columns: {quoted(map(str, var.columns)) or '(none)'}; null uses var_names"
         )
-    symbols = _first_column(
-        var, ("gene_symbol", "gene_symbols", "symbol", "gene_name", "feature_name")
-    )
-    ids = _first_column(var, ("gene_ids", "gene_id", "ensembl_id", "ensembl_ids", "feature_id"))
     library = None
-    if "n_counts" in adata.obs.columns and kind == "counts":
+    if "n_counts" in adata.obs.columns and detected == "counts":
         library = adata.obs["n_counts"].to_numpy(dtype=np.float64)
-    elif kind == "counts":
+    elif detected == "counts":
         library = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-    labels = adata.obs[cfg.label_column]
-    if require_labels:
-        _check_labels(labels, cfg.label_column, name, adata.obs_names)
+    if label_column is None:
+        labels = np.full(adata.n_obs, UNKNOWN_LABEL, dtype=object).astype(str)
+    else:
+        column = adata.obs[label_column]
+        if require_labels:
+            _check_labels(column, label_column, name, adata.obs_names)
+        labels = column.astype(str).to_numpy()
+    return _File(
+        name=name,
+        X=X,
+        chosen=chosen,
+        detected=detected,
+        kind=kind,
+        genes=genes,
+        gene_source=gene_source,
+        var=var,
+        library=library,
+        labels=labels,
+        obs=adata.obs,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- several files
+
+
+def _load_files(
+    cfg: DataConfig, files: list[tuple[str, str]], *, seed: int, require_labels: bool
+) -> LoadedData:
+    """Several files: read each, map genes to one namespace, intersect, concatenate.
+
+    - Each cell gets its file's batch name in ``obs[cfg.batch_key]``; a file that already has
+      that column is refused. Cell ids that collide across files get a ``<batch>:`` prefix.
+    - Each file's matrix is chosen as for one file (``data.source``, ``data.kind``); files of
+      different kinds are refused unless ``data.kind: lognorm`` (count files are then
+      log-normalised as ``log1p(counts / library size * 1e4)``).
+    - Genes: see :func:`_map_genes`; only the genes found in every file are kept.
+    - Library sizes are each file's own (``obs['n_counts']`` or the row sums over all its genes),
+      so normalising backbones see the full library, not the shared genes only.
+    """
+    import pandas as pd
+
+    from sctune.core.paths import is_name
+
+    mapping = isinstance(cfg.path, dict)
+    origins = [f"data.path.{b if mapping else i}" for i, (b, _) in enumerate(files)]
+    names = [p if is_name(p) else Path(p).name for _, p in files]
+    adatas = [read_adata(p, where=o) for (_, p), o in zip(files, origins, strict=True)]
+    shown = [f"'{n}' ({o})" for n, o in zip(names, origins, strict=True)]
+    clash = [s for s, a in zip(shown, adatas, strict=True) if cfg.batch_key in a.obs.columns]
+    if clash:
+        raise DataError(
+            f"data.batch_key: adata.obs of {', '.join(clash)} already has a column "
+            f"'{cfg.batch_key}'; with several files sctune writes each file's batch name into "
+            "that column, and would overwrite it",
+            hint=f"set data.batch_key to a free column name (e.g. data.batch_key: "
+            f"sctune_{cfg.batch_key}), or rename that column in the file",
+        )
+    if cfg.label_column is not None and require_labels:
+        missing = [s for s, a in zip(shown, adatas, strict=True) if cfg.label_column not in a.obs]
+        if missing and len(missing) < len(adatas):
+            raise DataError(
+                f"data.label_column: column '{cfg.label_column}' is missing from adata.obs of "
+                f"{len(missing)} of {len(adatas)} files: {', '.join(missing)}; every file needs "
+                "its cells' labels",
+                hint="add the label column to those files (the same name in every file), or "
+                "set data.label_column: null to load the cells without labels",
+            )
+    parts = [
+        _from_adata(
+            a,
+            cfg,
+            name=n,
+            origin=o,
+            where=None,
+            require_labels=require_labels,
+            subsample_seed=None,
+        )
+        for a, n, o in zip(adatas, names, origins, strict=True)
+    ]
+    del adatas
+    batches = [b for b, _ in files]
+    notes = [
+        f"{len(files)} files, batch names in obs['{cfg.batch_key}']: "
+        + ", ".join(f"{b} {p.X.shape[0]:,} cells" for b, p in zip(batches, parts, strict=True))
+    ]
+    for b, p in zip(batches, parts, strict=True):  # a note every file shares is said once
+        notes += [
+            f"{b} ('{p.name}'): {n}" for n in p.notes if not all(n in q.notes for q in parts)
+        ]
+    notes += [f"every file: {n}" for n in parts[0].notes if all(n in q.notes for q in parts)]
+    kind = _common_kind(cfg, parts, batches)
+    shared, columns, alternates, gene_notes, kept = _map_genes(parts, batches, names)
+    notes += gene_notes
+    blocks = []
+    for p, cols in zip(parts, columns, strict=True):
+        X = p.X @ cols if sparse.issparse(cols) else p.X[:, cols]
+        X = sparse.csr_matrix(X, dtype=np.float32)
+        if kind == "lognorm" and p.detected == "counts":
+            lib = p.library if p.library is not None else np.asarray(p.X.sum(axis=1)).ravel()
+            X = sparse.csr_matrix(sparse.diags(1e4 / np.maximum(lib, 1.0)) @ X, dtype=np.float32)
+            X.data = np.log1p(X.data)
+        blocks.append(X)
+    if kind == "lognorm" and any(p.detected == "counts" for p in parts):
+        counted = [f"'{p.name}'" for p in parts if p.detected == "counts"]
+        notes.append(
+            f"data.kind is lognorm: the counts of {', '.join(counted)} were log-normalised as "
+            "log1p(counts / library size * 1e4) to match the other files"
+        )
+    X = sparse.vstack(blocks, format="csr", dtype=np.float32)
+    cell_ids = [str(c) for p in parts for c in p.obs.index]
+    owner: dict[str, str] = {}
+    collide = sorted(
+        {
+            c
+            for b, p in zip(batches, parts, strict=True)
+            for c in map(str, p.obs.index)
+            if owner.setdefault(c, b) != b
+        }
+    )
+    if collide:  # ids repeated inside one file stay as they are, as for a single file
+        cell_ids = [f"{b}:{c}" for b, p in zip(batches, parts, strict=True) for c in p.obs.index]
+        notes.append(
+            f"{len(collide):,} cell ids occur in more than one file (e.g. '{collide[0]}'); every "
+            f"cell id was prefixed with its batch name ('{batches[0]}:{parts[0].obs.index[0]}')"
+        )
+    obs = pd.concat([p.obs for p in parts], join="outer", ignore_index=True)
+    obs.index = pd.Index(cell_ids)
+    obs[cfg.batch_key] = pd.Categorical(
+        np.repeat(batches, [p.X.shape[0] for p in parts]), categories=batches
+    )
+    labels = np.concatenate([p.labels for p in parts]).astype(str)
+    library = (
+        np.concatenate([p.library for p in parts])  # type: ignore[misc]
+        if kind == "counts" and all(p.library is not None for p in parts)
+        else None
+    )
+    if cfg.max_cells is not None and X.shape[0] > cfg.max_cells:
+        idx = np.sort(np.random.default_rng(seed).choice(X.shape[0], cfg.max_cells, replace=False))
+        X, labels, obs = X[idx], labels[idx], obs.iloc[idx]
+        library = None if library is None else library[idx]
+        cell_ids = [cell_ids[i] for i in idx]
+    if cfg.label_column is None:
+        notes.append(_no_labels_note(len(labels)))
+    symbols, ids = alternates
     expr = Expression(
         X=X,
-        genes=genes,
+        genes=shared,
         kind=kind,
         library_size=library,
-        cell_ids=tuple(map(str, adata.obs_names)),
+        cell_ids=tuple(cell_ids),
         gene_symbols=symbols,
         gene_ids=ids,
     )
-    return LoadedData(expr, labels.astype(str).to_numpy(), adata.obs, chosen, notes)
+    chosen = {p.chosen for p in parts}
+    source = (
+        next(iter(chosen))
+        if len(chosen) == 1
+        else ", ".join(f"{b}: {p.chosen}" for b, p in zip(batches, parts, strict=True))
+    )
+    report = [
+        {
+            "batch": b,
+            "path": path,
+            "cells": p.X.shape[0],
+            "genes": p.X.shape[1],
+            "genes_kept": k,
+            "matrix": p.chosen,
+            "kind": p.detected,
+        }
+        for (b, path), p, k in zip(files, parts, kept, strict=True)
+    ]
+    return LoadedData(expr, labels, obs, source, notes, report)
+
+
+def _common_kind(cfg: DataConfig, parts: list[_File], batches: list[str]) -> ExpressionKind:
+    """The one kind of values of the concatenated cells, or a refusal naming each file's kind."""
+    detected = {p.detected for p in parts}
+    if len(detected) == 1:
+        return parts[0].kind
+    if cfg.kind == "lognorm" and detected <= {"counts", "lognorm"}:
+        return "lognorm"
+    label = {"counts": "raw counts", "lognorm": "log-normalised values", "scaled": "scaled values"}
+    listed = ", ".join(
+        f"{b} ('{p.name}', {p.chosen}): {label[p.detected]}"
+        for b, p in zip(batches, parts, strict=True)
+    )
+    raise DataError(
+        f"data.path: the files hold different kinds of values ({listed}); the cells of one run "
+        "must share one kind",
+        hint="pick the same kind in every file with data.source (e.g. raw or layer:counts for "
+        "counts), or set data.kind: lognorm to log-normalise the count files "
+        "(log1p(counts / library size * 1e4))",
+    )
+
+
+def _bad_identifier(g: str) -> bool:
+    return not g.strip() or g.lower() in ("nan", "none", "na", "<na>")
+
+
+def _map_genes(
+    parts: list[_File], batches: list[str], names: list[str]
+) -> tuple[
+    tuple[str, ...],
+    list[Any],
+    tuple[tuple[str, ...] | None, tuple[str, ...] | None],
+    list[str],
+    list[int],
+]:
+    """Map every file's genes to one namespace, merge duplicates, intersect.
+
+    The namespace: the files' own identifiers (``data.gene_column`` or ``var_names``) when all
+    are of one kind (symbols, or Ensembl ids as :func:`looks_like_ensembl` tells); otherwise
+    symbols when every file offers them (as identifiers or in a symbol column such as
+    ``var['gene_symbol']``), else Ensembl ids when every file offers them (identifiers or an id
+    column such as ``var['gene_ids']``). Identifiers that occur twice in a file after mapping are
+    merged: counts summed, log-normalised values from the first column. Returns the shared
+    genes (in the first file's order), per file a column selector (index array, or a sparse
+    genes x shared matrix summing duplicates), the alternate symbols / ids of the shared genes
+    when every file has them, the notes and the per-file number of genes kept.
+    """
+    kinds = ["ensembl" if looks_like_ensembl(p.genes) else "symbol" for p in parts]
+
+    def offer(p: _File, own: str, want: str, cols: tuple[str, ...]) -> tuple[str, Any] | None:
+        if own == want:
+            return p.gene_source, p.genes
+        found = _named_column(p.var, cols)
+        if found is None or (want == "ensembl") != looks_like_ensembl(found[1]):
+            return None
+        return f"var['{found[0]}']", found[1]
+
+    def offers(want: str) -> list[tuple[str, Any] | None]:
+        cols = SYMBOL_COLUMNS if want == "symbol" else ID_COLUMNS
+        return [offer(p, k, want, cols) for p, k in zip(parts, kinds, strict=True)]
+
+    if len(set(kinds)) == 1:
+        namespace = kinds[0]
+        chosen = [(p.gene_source, p.genes) for p in parts]
+    else:
+        by_symbol, by_id = offers("symbol"), offers("ensembl")
+        if all(by_symbol):
+            namespace, chosen = "symbol", by_symbol
+        elif all(by_id):
+            namespace, chosen = "ensembl", by_id
+        else:
+            listed = ", ".join(
+                f"'{n}' {'Ensembl ids' if k == 'ensembl' else 'symbols'} ({p.gene_source}"
+                + (", no symbol column" if k == "ensembl" and not s else "")
+                + (", no Ensembl id column" if k == "symbol" and not i else "")
+                + ")"
+                for n, k, p, s, i in zip(names, kinds, parts, by_symbol, by_id, strict=True)
+            )
+            raise DataError(
+                f"data.path: the files name their genes differently and cannot be mapped to "
+                f"one namespace: {listed}",
+                hint="add the gene symbols to the Ensembl files (adata.var['gene_symbol']) or "
+                "the Ensembl ids to the symbol files (adata.var['gene_ids']), or pick a var "
+                "column of one kind in every file with data.gene_column",
+            )
+    alt_kind = "ensembl" if namespace == "symbol" else "symbol"
+    alt_cols = ID_COLUMNS if alt_kind == "ensembl" else SYMBOL_COLUMNS
+    alts = [offer(p, k, alt_kind, alt_cols) for p, k in zip(parts, kinds, strict=True)]
+    word = "symbols" if namespace == "symbol" else "Ensembl ids"
+    notes: list[str] = []
+    merged: list[tuple[list[str], Any, dict[str, str]]] = []  # unique ids, selector, alternates
+    for p, b, (src, ids), alt in zip(parts, batches, chosen, alts, strict=True):
+        ids = [str(g) for g in ids]
+        good = [j for j, g in enumerate(ids) if not _bad_identifier(g)]
+        if len(good) < len(ids):
+            notes.append(
+                f"{b}: {_count(len(ids) - len(good), 'gene')} without {word[:-1]} in {src} dropped"
+            )
+        first: dict[str, int] = {}
+        for j in good:
+            first.setdefault(ids[j], j)
+        unique = list(first)
+        alt_of = {g: str(alt[1][j]) for g, j in first.items()} if alt else {}
+        if len(first) < len(good):
+            dup = sorted({ids[j] for j in good if first[ids[j]] != j})
+            if p.detected == "counts":
+                pos = {g: k for k, g in enumerate(unique)}
+                rows = np.array(good)
+                sel = sparse.csr_matrix(
+                    (np.ones(len(rows), np.float32), (rows, [pos[ids[j]] for j in good])),
+                    shape=(len(ids), len(unique)),
+                )
+                how = "their counts were summed"
+            else:
+                sel = np.array([first[g] for g in unique])
+                how = f"the first column of each was kept ({p.detected} values are not summed)"
+            notes.append(
+                f"{b}: {_count(len(dup), word[:-1])} occur more than once in {src} "
+                f"(e.g. {', '.join(repr(g) for g in dup[:3])}); {how}"
+            )
+        else:
+            sel = np.array([first[g] for g in unique])
+        merged.append((unique, sel, alt_of))
+    common = set(merged[0][0])
+    for unique, _, _ in merged[1:]:
+        common &= set(unique)
+    shared = tuple(g for g in merged[0][0] if g in common)
+    sizes = [len(u) for u, _, _ in merged]
+    if len(shared) < MIN_SHARED_GENES or len(shared) < MIN_SHARED_FRACTION * min(sizes):
+        listed = ", ".join(
+            f"'{n}' {s:,} (e.g. {', '.join(repr(g) for g in u[:3])}; {src})"
+            for n, s, (u, _, _), (src, _) in zip(names, sizes, merged, chosen, strict=True)
+        )
+        raise DataError(
+            f"data.path: only {_count(len(shared), 'gene')} ({word}) are found in every file; "
+            f"a run needs at least {MIN_SHARED_GENES} and {MIN_SHARED_FRACTION:.0%} of the "
+            f"smallest file's genes\n  genes per file: {listed}",
+            hint="check that the files come from the same species and gene annotation; "
+            "data.gene_column picks the var column with the identifiers in every file; or "
+            "drop the file that shares few genes",
+        )
+    columns = []
+    for unique, sel, _ in merged:
+        pos = {g: k for k, g in enumerate(unique)}
+        take = np.array([pos[g] for g in shared])
+        columns.append(sel[:, take] if sparse.issparse(sel) else sel[take])
+    alternates: list[tuple[str, ...] | None] = [None, None]
+    maps = [a for _, _, a in merged if a]
+    if maps:
+        alt = [
+            next((m[g] for m in maps if g in m and not _bad_identifier(m[g])), None)
+            for g in shared
+        ]
+        if all(a is not None for a in alt):
+            alternates[0 if alt_kind == "symbol" else 1] = tuple(alt)  # type: ignore[arg-type]
+    sources = ", ".join(f"{b}: {src}" for b, (src, _) in zip(batches, chosen, strict=True))
+    kept = [len(shared)] * len(parts)
+    notes.append(
+        f"genes as {word} ({sources}); kept the {len(shared):,} found in every file: "
+        + ", ".join(
+            f"{b} {len(shared):,} of {p.X.shape[1]:,} ({len(shared) / p.X.shape[1]:.0%})"
+            for b, p in zip(batches, parts, strict=True)
+        )
+    )
+    return shared, columns, (alternates[0], alternates[1]), notes, kept
 
 
 def _count(n: int, noun: str) -> str:
@@ -343,9 +759,15 @@ def _check_labels(labels: Any, column: str, name: str, cells: Any) -> None:
 
 
 def _first_column(var: Any, names: tuple[str, ...]) -> tuple[str, ...] | None:
+    found = _named_column(var, names)
+    return None if found is None else found[1]
+
+
+def _named_column(var: Any, names: tuple[str, ...]) -> tuple[str, tuple[str, ...]] | None:
+    """The first of ``names`` that is a column of ``var``, with its values as strings."""
     for n in names:
         if n in var.columns:
-            return tuple(map(str, var[n]))
+            return n, tuple(map(str, var[n]))
     return None
 
 
@@ -399,14 +821,14 @@ def _split(obs: Any, labels: np.ndarray, cfg: SplitConfig, *, seed: int) -> dict
                 "train, valid (val, validation), test"
             )
         mapped = np.array([alias[v] for v in values])
-        out = {s: np.flatnonzero(mapped == s) for s in SPLITS}
+        out: dict[str, Any] = {s: np.flatnonzero(mapped == s) for s in SPLITS}
         if len(out["valid"]) == 0:
             out = _carve_valid(out, labels, cfg.valid or 0.1, rng)
         return out
     if cfg.method == "group":
         return _group_split(obs, cfg, rng)
     # stratified: per class, shuffle and cut (every class keeps >= 1 training cell)
-    out: dict[str, list[int]] = {s: [] for s in SPLITS}
+    out = {s: [] for s in SPLITS}
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n_test = int(round(len(idx) * cfg.test))
@@ -439,12 +861,15 @@ def _group_split(obs: Any, cfg: SplitConfig, rng: Any) -> dict[str, np.ndarray]:
     names = rng.permutation(np.unique(groups))
     if len(names) < 3:
         raise DataError(
-            f"data.split.group_column: '{col}' has {len(names)} groups; a group split needs at least 3 "
-            "(test groups, one validation group, training groups)",
+            f"data.split.group_column: '{col}' has {_count(len(names), 'group')} ("
+            + ", ".join(f"'{g}'" for g in sorted(names)[:5])
+            + "); a group split needs at least 3 (test groups, one validation group, "
+            "training groups)",
             hint="use split.method: stratified, or a column with more donors/batches",
         )
     sizes = {g: int((groups == g).sum()) for g in names}
-    test, total = [], 0
+    test: list[Any] = []
+    total = 0
     for g in names:
         if total >= cfg.test * len(groups) and test:
             break

@@ -11,10 +11,11 @@ The rule (README, "Paths in recipes"):
 :func:`resolve_paths` applies one base folder to a recipe mapping and returns a copy in which
 every relative path is absolute, so ``recipe.resolved.yaml`` describes a run on its own.
 
-Which keys hold paths is found generically: the envelope's ``data.path``, ``data.split.file`` and
-``output.dir``, plus every field of a plugin's options model (and of models nested in it) that is
-typed ``Path`` (``Path | None``, ``list[Path]``, ...) or declared with
-:func:`sctune.core.config.PathField`. Plugins need no registration beyond that annotation.
+Which keys hold paths is found generically: the envelope's ``data.path`` (one path, a list of
+paths or a mapping ``{batch name: path}``), ``data.split.file`` and ``output.dir``, plus every
+field of a plugin's options model (and of models nested in it) that is typed ``Path``
+(``Path | None``, ``list[Path]``, ...) or declared with :func:`sctune.core.config.PathField`.
+Plugins need no registration beyond that annotation.
 """
 
 from __future__ import annotations
@@ -99,11 +100,14 @@ def path_keys(model: type[BaseModel], _depth: int = 0) -> list[tuple[tuple[str, 
 def resolve_value(value: Any, base: Path) -> Any:
     """``value`` made absolute against ``base`` when it is a relative path; else unchanged.
 
-    Lists are resolved element by element. Empty strings, names (``scanpy:...``) and anything
-    that is not a string are returned as they are.
+    Lists are resolved element by element and mappings value by value (``data.path`` may be
+    ``{batch name: path}``; the keys are names and stay as they are). Empty strings, names
+    (``scanpy:...``) and anything that is not a string are returned as they are.
     """
     if isinstance(value, list):
         return [resolve_value(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: resolve_value(v, base) for k, v in value.items()}
     if isinstance(value, PurePath):
         value = str(value)
     if not isinstance(value, str) or not value.strip() or is_name(value) or "\x00" in value:

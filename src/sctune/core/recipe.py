@@ -79,12 +79,86 @@ class SplitConfig(_Strict):
         return self
 
 
+def data_files(path: str | list[str] | dict[str, str]) -> list[tuple[str, str]] | None:
+    """``[(batch name, path), ...]`` for several files (``data.path`` as a list or mapping), or
+    ``None`` for one path. A list's batch names are the file stems (``xin`` for
+    ``data/xin.h5ad``, ``pbmc68k_reduced`` for ``scanpy:pbmc68k_reduced``)."""
+    if isinstance(path, str):
+        return None
+    if isinstance(path, Mapping):
+        return [(str(k), str(v)) for k, v in path.items()]
+    return [(_stem(str(p)), str(p)) for p in path]
+
+
+def _stem(path: str) -> str:
+    from sctune.core.paths import is_name
+
+    name = path.split(":", 1)[1] if is_name(path) else path
+    return Path(name).stem or name
+
+
+_PATH_SHAPES = (
+    "an .h5ad path (or a built-in name such as 'scanpy:pbmc68k_reduced'), a list of .h5ad "
+    "paths, or a mapping {batch name: path}"
+)
+
+
+def _data_path_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be ``data.path``, or ``None``; keeps the messages in one place."""
+    if isinstance(value, str):
+        return (
+            None
+            if value.strip()
+            else "string should have at least 1 character: give " + _PATH_SHAPES
+        )
+    if isinstance(value, Mapping):
+        if not value:
+            return "the mapping of files is empty; give at least one {batch name: path} pair"
+        for k, v in value.items():
+            if not isinstance(k, (str, int)) or not str(k).strip():
+                return f"batch name {k!r} is not a name; use short names such as 'donor1'"
+            if not isinstance(v, str) or not v.strip():
+                return f"batch '{k}': expected an .h5ad path, got {v!r}"
+        paths = [str(v) for v in value.values()]
+    elif isinstance(value, (list, tuple)):
+        if not value:
+            return "the list of files is empty; give at least one .h5ad path"
+        for i, v in enumerate(value):
+            if not isinstance(v, str) or not v.strip():
+                return f"item {i}: expected an .h5ad path, got {v!r}"
+        paths = [str(v) for v in value]
+        stems: dict[str, str] = {}
+        for p in paths:
+            other = stems.setdefault(_stem(p), p)
+            if other != p:
+                return (
+                    f"'{other}' and '{p}' would both be batch '{_stem(p)}' (batch names are the "
+                    "file stems); name the batches with a mapping instead, e.g. "
+                    "{a: " + other + ", b: " + p + "}"
+                )
+    else:
+        got = "null" if value is None else f"{type(value).__name__} {value!r}"
+        return f"expected {_PATH_SHAPES}; got {got}"
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        return f"file '{twice[0]}' is listed twice; each file is one batch"
+    return None
+
+
 class DataConfig(_Strict):
-    path: str = Field(
-        min_length=1,
-        description="an .h5ad path, or a built-in name such as 'scanpy:pbmc68k_reduced'",
+    path: str | list[str] | dict[str, str] = Field(
+        description="an .h5ad path or a built-in name ('scanpy:pbmc68k_reduced'); several files: "
+        "a list of paths (batch = file stem) or a mapping {batch name: path}",
     )
-    label_column: str = Field("cell_type", description="adata.obs column holding the cell types")
+    batch_key: str = Field(
+        "batch",
+        min_length=1,
+        description="several files: the adata.obs column that receives each file's batch name",
+    )
+    label_column: str | None = Field(
+        "cell_type",
+        description="adata.obs column holding the cell types; null = no labels (all 'unknown')",
+    )
     gene_column: str | None = Field(
         None, description="adata.var column with gene ids; null = var_names"
     )
@@ -94,8 +168,23 @@ class DataConfig(_Strict):
     kind: Literal["auto", "counts", "lognorm"] = Field(
         "auto", description="override the detection of raw counts vs log-normalised values"
     )
-    split: SplitConfig = Field(default_factory=SplitConfig)  # type: ignore[arg-type]
+    split: SplitConfig = Field(default_factory=SplitConfig)
     max_cells: int | None = Field(None, ge=1, description="random subsample for quick runs")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_shape(cls, v: Any) -> Any:
+        problem = _data_path_problem(v)
+        if problem:
+            raise ValueError(problem)
+        if isinstance(v, Mapping):
+            return {str(k): val for k, val in v.items()}
+        return list(v) if isinstance(v, tuple) else v
+
+    @property
+    def files(self) -> list[tuple[str, str]] | None:
+        """``[(batch name, path), ...]`` when ``path`` lists several files, else ``None``."""
+        return data_files(self.path)
 
 
 class OptimizerConfig(_Strict):
@@ -125,11 +214,11 @@ class TrainerConfig(_Strict):
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(64, ge=1)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)  # type: ignore[arg-type]
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)  # type: ignore[arg-type]
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     grad_clip: float | None = Field(1.0, gt=0)
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
-    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)  # type: ignore[arg-type]
+    early_stopping: EarlyStoppingConfig | None = Field(default_factory=EarlyStoppingConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tensorboard: bool = False
     num_threads: int | None = Field(
@@ -188,8 +277,8 @@ class Envelope(_Strict):
     backbone: PluginSection
     adapter: PluginSection | list[PluginSection]
     task: PluginSection
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
-    output: OutputConfig = Field(default_factory=OutputConfig)  # type: ignore[arg-type]
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("seed", mode="before")
     @classmethod
@@ -716,7 +805,7 @@ def _hint(problems: list[str]) -> str | None:
 
 
 # Keys that moved out of the envelope into the plugin that owns them: (section, key) -> new key.
-MOVED_KEYS = {("data", "min_class_cells"): "task.min_class_cells"}
+MOVED_KEYS: dict[tuple[str, ...], str] = {("data", "min_class_cells"): "task.min_class_cells"}
 
 
 def _task_problems(data: Mapping[str, Any], task_cls: Any) -> list[str]:

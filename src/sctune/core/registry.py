@@ -26,7 +26,7 @@ class Entry:
 
     kind: str
     name: str
-    cls: type
+    cls: type[Any]
     plugin: str
     distribution: str
     version: str

@@ -14,7 +14,7 @@ import yaml
 from sctune.core import artifacts as A
 from sctune.core.assembly import assemble, count_parameters
 from sctune.core.backbone import resolve_config
-from sctune.core.data import load_data, split_cells, write_split
+from sctune.core.data import describe_path, load_data, split_cells, write_split
 from sctune.core.registry import distribution_version, plugin_versions
 from sctune.core.rundir import CHECKPOINT_DIR, RunResult
 
@@ -69,7 +69,7 @@ def prepare_inputs(
     data = load_data(rec.data, seed=seed)
     expr = data.expression
     say(
-        f"data: {expr.n_cells} cells x {len(expr.genes)} genes from '{rec.data.path}' ({data.source}: {expr.kind})"
+        f"data: {expr.n_cells} cells x {len(expr.genes)} genes from {describe_path(rec.data.path)} ({data.source}: {expr.kind})"
     )
     for note in data.notes:
         say(f"  note: {note}")
@@ -492,6 +492,7 @@ def _save_weights(
                 "gene_column": rec.data.gene_column,
                 "source": rec.data.source,
                 "kind": rec.data.kind,
+                "batch_key": rec.data.batch_key,
             },
             "run_dir": str(run_dir.resolve()),
             "seed": rec.envelope.seed,

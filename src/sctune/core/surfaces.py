@@ -166,8 +166,8 @@ class Surfaces:
 
     ``hidden_size`` is the width of the token stream the slots see (what adapters size their
     tensors by); it may differ from the module's ``hidden_size``, the cell-embedding width the
-    head reads (scBERT's convolutional stem). ``notes`` maps a capability to a sentence saying where it sits on this backbone (shown by
-    ``sctune plugins`` and in run reports).
+    head reads (scBERT's convolutional stem). ``notes`` maps a capability to a sentence saying
+    where it sits on this backbone (shown by ``sctune plugins`` and in run reports).
     """
 
     hidden_size: int

@@ -13,6 +13,7 @@ unless it has been folded into ``weight`` by :meth:`LoRALinear.merge` (then it i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ class LoRALinear(nn.Module):
     def __init__(
         self,
         base: nn.Linear,
-        slices: dict[str, slice | None],
+        slices: Mapping[str, slice | None],
         *,
         rank: int,
         alpha: float,

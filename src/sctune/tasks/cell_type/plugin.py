@@ -43,7 +43,13 @@ class CellTypeTask(Task):
         """At least two classes; every validation/test class has training cells; tiny classes."""
         report = Preflight()
         train = set(labels[split["train"]])
-        if len(set(labels)) < 2:
+        labels_missing = config_labels_missing(labels)
+        if labels_missing:
+            report.errors.append(
+                "data.label_column is null: the cell_type task needs labels; set it to the "
+                "adata.obs column holding the cell types"
+            )
+        elif len(set(labels)) < 2:
             only = next(iter(set(labels)), "")
             report.errors.append(
                 f"data.label_column: every cell has the same label ('{only}', {len(labels)} "
@@ -69,7 +75,7 @@ class CellTypeTask(Task):
                 "(task.min_class_cells): "
                 + ", ".join(f"'{c}' ({n})" for c, n in sorted(tiny.items(), key=lambda x: x[1]))
             )
-        report.info.append(f"{len(train)} training classes")
+        report.info.append(f"{len(train)} training class{'es' * (len(train) != 1)}")
         return report
 
     def prepare(
@@ -212,6 +218,13 @@ class CellTypeTask(Task):
 
     def from_state(self, state: dict[str, Any]) -> CellTypeState:
         return CellTypeState(list(state["classes"]), state.get("class_weights"))
+
+
+def config_labels_missing(labels: np.ndarray) -> bool:
+    """The data layer labels every cell 'unknown' when data.label_column is null."""
+    from sctune.core.data import UNKNOWN_LABEL
+
+    return len(labels) > 0 and bool((labels == UNKNOWN_LABEL).all())
 
 
 def torch_float() -> Any:

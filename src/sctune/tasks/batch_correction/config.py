@@ -1,0 +1,54 @@
+"""Options of the batch_correction task (defaults: scGPT's integration objectives, as in scPEFT)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sctune.core.config import PluginConfig
+
+
+class BatchCorrectionConfig(PluginConfig):
+    batch_column: str = Field(
+        "batch", description="adata.obs column naming each cell's batch (at least 2 batches)"
+    )
+    gepc: bool = Field(
+        True,
+        description="GEPC-style objective: reconstruct each cell's log-normalised expression of "
+        "the training HVGs from its cell embedding (MLP decoder, MSE); needs the expression "
+        "matrix from the engine (see docs)",
+    )
+    gepc_weight: float = Field(1.0, ge=0, description="weight of the GEPC term")
+    n_hvg: int = Field(
+        1200,
+        ge=1,
+        description="HVGs for GEPC and the PCA/Harmony references, chosen on TRAINING cells by "
+        "variance of log-normalised expression (scPEFT: 1200; capped by the gene count)",
+    )
+    ecs: bool = Field(True, description="elastic cell similarity on the L2-normalised embeddings")
+    ecs_weight: float = Field(10.0, ge=0, description="weight of the ECS term (scGPT: 10)")
+    ecs_threshold: float = Field(
+        0.8, ge=0, le=1, description="ECS cosine threshold (scGPT/scPEFT: 0.8)"
+    )
+    dar: bool = Field(
+        True,
+        description="domain-adversarial batch discrimination through a gradient reversal layer",
+    )
+    dar_weight: float = Field(1.0, ge=0, description="weight of the DAR term (scGPT dab_weight)")
+    grl_lambda: float = Field(
+        1.0, ge=0, description="scale of the reversed gradient reaching the embedding"
+    )
+    discriminator_layers: int = Field(
+        3, ge=1, le=6, description="layers of the batch discriminator (scGPT: 3)"
+    )
+    references: list[Literal["pca", "harmony"]] = Field(
+        default_factory=lambda: ["pca", "harmony"],
+        description="reference embeddings scored on the same test cells: uncorrected PCA of "
+        "log-normalised HVGs, and Harmony (harmonypy) on that PCA",
+    )
+    n_pcs: int = Field(50, ge=2, description="PCA components of the references")
+    kbet: bool = Field(
+        True, description="compute kBET (the slowest metric; the first call compiles JAX code)"
+    )
+    umap: bool = Field(True, description="draw UMAPs by batch and cell type for each embedding")

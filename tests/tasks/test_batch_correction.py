@@ -1,0 +1,195 @@
+"""batch_correction: objectives (ECS, gradient reversal, shapes), metrics on known cases, one
+tiny end-to-end run through the engine, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+
+from sctune import api, testing
+from sctune.core.errors import DataError
+from sctune.tasks.batch_correction.config import BatchCorrectionConfig
+from sctune.tasks.batch_correction.head import (
+    IntegrationHead,
+    ecs_loss,
+    grad_reverse,
+    split_outputs,
+)
+from sctune.tasks.batch_correction.plugin import BatchCorrectionTask
+
+pytest.importorskip("scib_metrics")
+pytest.importorskip("harmonypy")
+
+
+def test_ecs_matches_the_formula_on_a_hand_example() -> None:
+    # cos(a, b) = 0.6, cos(a, c) = 0, cos(b, c) = 0.8 ; diagonal masked to 0, then relu
+    unit = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.8, 0.0], [0.0, 1.0, 0.0]])
+    cos = np.array([[0, 0.6, 0], [0.6, 0, 0.8], [0, 0.8, 0]])
+    want = np.mean(1 - (cos - 0.8) ** 2)
+    assert float(ecs_loss(unit, 0.8)) == pytest.approx(want, abs=1e-6)
+    anti = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])  # negative cosines are clipped to 0
+    assert float(ecs_loss(anti, 0.8)) == pytest.approx(1 - 0.64, abs=1e-6)
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient() -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    grad_reverse(x, 0.5).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -0.5))
+
+
+def test_dar_gradient_reaching_the_embedding_is_reversed() -> None:
+    """The discriminator descends its loss; the embedding receives the opposite gradient."""
+    torch.manual_seed(0)
+    head = IntegrationHead(8, 2, 0, discriminator_layers=2, grl_lambda=1.0)
+    emb = torch.randn(6, 8, requires_grad=True)
+    b = torch.tensor([0, 1, 0, 1, 0, 1])
+    _, logits, _ = split_outputs(head(emb), 2, 0)
+    torch.nn.functional.cross_entropy(logits, b).backward()
+    reversed_grad = emb.grad.clone()
+    emb2 = emb.detach().clone().requires_grad_(True)
+    plain = head.discriminator(emb2)  # the same discriminator without the reversal layer
+    torch.nn.functional.cross_entropy(plain, b).backward()
+    assert torch.allclose(reversed_grad, -emb2.grad, atol=1e-6)
+    assert reversed_grad.abs().sum() > 0
+
+
+def test_head_output_layout_and_shapes() -> None:
+    head = IntegrationHead(16, 3, 20)
+    out = head(torch.randn(5, 16))
+    assert out.shape == (5, 16 + 3 + 20)
+    unit, bl, rec = split_outputs(out, 3, 20)
+    assert unit.shape == (5, 16) and bl.shape == (5, 3) and rec.shape == (5, 20)
+    assert torch.allclose(unit.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert IntegrationHead(16, 0, 0)(torch.randn(2, 16)).shape == (2, 16)
+
+
+def _two_batches(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(3), n // 3)
+    batch = np.tile([0, 1], n // 2)
+    X = np.eye(10)[labels] * 5 + rng.normal(scale=0.5, size=(n, 10))
+    return X.astype(np.float32), batch.astype(str), labels.astype(str)
+
+
+def test_batch_score_orders_a_mixed_and_a_separated_embedding() -> None:
+    from sctune.tasks.batch_correction import metrics
+
+    X, batch, labels = _two_batches()
+    separated = X + (batch == "1")[:, None] * 20.0
+    mixed = metrics.scib_scores(X, batch, labels, separated)
+    apart = metrics.scib_scores(separated, batch, labels, separated)
+    assert mixed["batch"] > apart["batch"] + 0.2
+    assert mixed["ilisi"] > apart["ilisi"]
+    for key in ("isolated_labels", "nmi", "ari", "silhouette_label", "clisi", "kbet", "total"):
+        assert mixed[key] is not None, key
+    no_labels = metrics.scib_scores(X, batch, None, None)
+    assert no_labels["bio"] is None and no_labels["batch"] is not None
+
+
+def test_prepare_refuses_a_missing_or_single_batch_column(tiny_h5ad: Path) -> None:
+    obs = ad.read_h5ad(tiny_h5ad).obs
+    labels = obs["cell_type"].astype(str).to_numpy()
+    split = {"train": np.arange(80), "valid": np.arange(80, 100), "test": np.arange(100, 120)}
+    task, cfg = BatchCorrectionTask(), BatchCorrectionConfig()
+    with pytest.raises(DataError, match="column 'batch' not found") as info:
+        task.prepare(labels, split, cfg, obs=obs)
+    assert "cell_type" in info.value.message  # lists the available columns
+    obs = obs.assign(batch="only")
+    with pytest.raises(DataError, match="single batch"):
+        task.prepare(labels, split, cfg, obs=obs)
+
+
+def _batched_h5ad(path: Path) -> Path:
+    adata = testing.tiny_adata(120, n_genes=200)
+    rng = np.random.default_rng(0)
+    adata.obs["batch"] = np.where(rng.random(adata.n_obs) < 0.5, "a", "b")
+    adata.write_h5ad(path)
+    return path
+
+
+@pytest.fixture
+def engine_passes_expression(monkeypatch: pytest.MonkeyPatch):
+    """Simulate the engine change this task needs (core passes only ``obs`` today): hand the
+    loaded expression matrix to ``prepare``/``targets``."""
+    import sctune.core.runner as runner
+
+    seen: dict[str, object] = {}
+    load = runner.load_data
+
+    def load_data(*args, **kwargs):
+        data = load(*args, **kwargs)
+        seen["expression"] = data.expression
+        return data
+
+    prepare, targets = BatchCorrectionTask.prepare, BatchCorrectionTask.targets
+
+    def prepare_with(self, labels, split, config, *, obs=None, expression=None):
+        return prepare(self, labels, split, config, obs=obs, expression=seen.get("expression"))
+
+    def targets_with(self, labels, prepared, *, obs=None, expression=None):
+        expr = seen.get("expression")
+        if expr is not None and obs is not None and len(obs) != len(expr.cell_ids):
+            expr = None
+        return targets(self, labels, prepared, obs=obs, expression=expr)
+
+    monkeypatch.setattr(runner, "load_data", load_data)
+    monkeypatch.setattr(BatchCorrectionTask, "prepare", prepare_with)
+    monkeypatch.setattr(BatchCorrectionTask, "targets", targets_with)
+
+
+def _recipe(data: Path, out: Path, options: dict, plots: bool) -> dict:
+    return {
+        "sctune": 1,
+        "name": "bc",
+        "seed": 0,
+        "data": {
+            "path": str(data),
+            "label_column": "cell_type",
+            "split": {"method": "stratified", "valid": 0.15, "test": 0.3},
+        },
+        "backbone": {"name": "scgpt", **options},
+        "adapter": {"name": "gene_encoder_prompt"},
+        "task": {"name": "batch_correction", "n_hvg": 50, "n_pcs": 10, "umap": plots},
+        "trainer": {
+            "epochs": 1,
+            "batch_size": 16,
+            "device": "cpu",
+            "early_stopping": None,
+            "optimizer": {"name": "adam", "lr": 1.0e-3},
+            "num_threads": 1,
+        },
+        "output": {"dir": str(out), "plots": plots, "overwrite": True},
+    }
+
+
+def test_end_to_end_scores_sctune_pca_and_harmony(
+    engine_passes_expression, registry, tmp_path: Path
+) -> None:
+    data = _batched_h5ad(tmp_path / "two_batches.h5ad")
+    options = dict(
+        registry.get("backbone", "scgpt").cls.example_config(
+            tmp_path / "ckpt", testing.adata_genes(data)
+        )
+    )
+    rec = _recipe(data, tmp_path / "run", options, plots=True)
+    result = api.run(rec, registry=registry, progress=False, log=lambda m: None)
+    test = result.metrics["test"]
+    for name in ("sctune", "pca", "harmony"):
+        scores = test[name]
+        for key in ("bio", "batch", "total", "ilisi", "kbet", "nmi", "pcr_comparison"):
+            assert scores[key] is not None, (name, key)
+    assert test["n_batches"] == 2 and test["labels"] is True
+    png = (result.run_dir / "umap_integration.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    state = (result.run_dir / "metrics.json").read_text()
+    assert '"harmony"' in state
+    out = api.predict(result.run_dir, data, tmp_path / "annotated.h5ad", registry=registry)
+    got, want = ad.read_h5ad(out), ad.read_h5ad(result.run_dir / "predictions.h5ad")
+    np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(
+        got.obs["sctune_batch_guess"].to_numpy(str), want.obs["sctune_batch_guess"].to_numpy(str)
+    )
