@@ -102,7 +102,11 @@ def _recipe(
         },
         "backbone": {"name": backbone, **options},
         "adapter": {"name": adapter},
-        "task": {"name": task, **({"umap": plots} if task == TASK else {})},
+        "task": {
+            "name": task,
+            **REGISTRY.get("task", task).cls.example_config(),
+            **({"umap": plots} if task == TASK else {}),
+        },
         "trainer": {
             "epochs": 1,
             "batch_size": 16,

@@ -356,14 +356,14 @@ class AboveMedian(Task):
     description = "binary: obs[column] above its training median"
     monitors = {"valid/auc": "max"}
 
-    def preflight(self, labels, split, config):
+    def preflight(self, labels, split, config, *, obs=None):
         return Preflight(info=[f"above-median of {config.column}"])
 
-    def prepare(self, labels, split, config, *, obs=None):
+    def prepare(self, labels, split, config, *, obs=None, expression=None):
         values = obs[config.column].to_numpy(dtype=float)
         return {"column": config.column, "median": float(np.median(values[split["train"]]))}
 
-    def targets(self, labels, prepared, *, obs=None):
+    def targets(self, labels, prepared, *, obs=None, expression=None):
         return (obs[prepared["column"]].to_numpy(dtype=float) > prepared["median"]).astype(
             np.float32
         )

@@ -645,9 +645,12 @@ def check_task(
     """Check a task class against the contract, on a tiny fake embedding.
 
     Verifies the class attributes (``monitors`` maps names to ``"min"``/``"max"``, ``config_cls``
-    as for every plugin), then with 3 labels x 10 cells split 6/2/2 per label and random
-    ``(cells, hidden_size)`` embeddings: ``preflight`` finds no error; ``prepare``; ``targets``
-    gives one integer per cell; the ``head`` maps embeddings to outputs whose training ``loss``
+    as for every plugin), then on :func:`sctune.testing.tiny_adata` (labels in ``cell_type``, a
+    pseudo-batch in ``sample``; 200 cells split 60/20/20 per label) with the task's
+    ``example_config`` options updated by ``options`` and random ``(cells, hidden_size)``
+    embeddings: ``preflight`` finds no error; ``prepare`` and ``targets`` (given ``obs`` and the
+    ``expression``) give one numeric target per cell; the ``head`` maps embeddings to outputs
+    whose training ``loss``
     is a finite scalar that reaches every head parameter; ``sample_weights`` is ``None`` or one
     weight per training cell; ``validation_metrics`` returns floats under declared ``monitors``;
     ``evaluate`` returns a dict; ``annotate`` gives one value per cell and column; ``summary``
@@ -670,10 +673,45 @@ def check_task(
             isinstance(monitors, dict) and all(v in ("min", "max") for v in monitors.values()),
             f"'monitors' must map metric names to 'min' or 'max' (got {monitors!r})",
         )
-        _check_task_instance(cls, _config(cls, options, r), hidden_size, r)
+        example = getattr(cls, "example_config", dict)
+        with r.step("example_config()", required=True):
+            defaults = dict(example())
+        _check_task_instance(cls, _config(cls, {**defaults, **(options or {})}, r), hidden_size, r)
     except _Stop:
         pass
     _finish([r])
+
+
+def _task_data(n_cells: int = 200) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(labels, obs, expression, split)`` of :func:`sctune.testing.tiny_adata`: labels in
+    ``cell_type``, a pseudo-batch in ``sample``; split 60/20/20 per label, every label trained."""
+    import numpy as np
+    from scipy import sparse
+
+    from sctune import testing
+    from sctune.core.cells import Expression
+    from sctune.core.data import detect_kind
+
+    adata = testing.tiny_adata(n_cells, n_genes=200, min_per_class=3)
+    X = sparse.csr_matrix(adata.X, dtype=np.float32)
+    expression = Expression(
+        X=X,
+        genes=tuple(map(str, adata.var_names)),
+        kind=detect_kind(X),
+        library_size=adata.obs["n_counts"].to_numpy(dtype=np.float64),
+        cell_ids=tuple(map(str, adata.obs_names)),
+    )
+    labels = adata.obs[testing.LABEL_COLUMN].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
+    for name in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == name)).tolist()
+        n_out = len(idx) // 5
+        parts["test"] += idx[:n_out]
+        parts["valid"] += idx[n_out : 2 * n_out]
+        parts["train"] += idx[2 * n_out :]
+    split = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
+    return labels, adata.obs, expression, split
 
 
 def _check_task_instance(cls: type[Task], config: Any, hidden: int, r: _Report) -> None:
@@ -681,27 +719,17 @@ def _check_task_instance(cls: type[Task], config: Any, hidden: int, r: _Report) 
     import torch
 
     task = cls()
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.array(["alpha", "beta", "gamma"]), 10)
-    order = rng.permutation(labels.size)
-    labels = labels[order]
-    parts: dict[str, list[int]] = {"train": [], "valid": [], "test": []}
-    for name in ("alpha", "beta", "gamma"):
-        idx = np.flatnonzero(labels == name)
-        parts["train"] += idx[:6].tolist()
-        parts["valid"] += idx[6:8].tolist()
-        parts["test"] += idx[8:].tolist()
-    split = {k: np.sort(np.asarray(v, dtype=np.int64)) for k, v in parts.items()}
-    with r.step("preflight(labels, split, config)"):
-        pre = task.preflight(labels, split, config)
+    labels, obs, expression, split = _task_data()
+    with r.step("preflight(labels, split, config, obs=...)"):
+        pre = task.preflight(labels, split, config, obs=obs)
         r.expect(not getattr(pre, "errors", []), f"preflight() found errors: {pre.errors}")
-    with r.step("prepare(labels, split, config)", required=True):
-        prepared = task.prepare(labels, split, config)
-    with r.step("targets(labels, prepared)", required=True):
-        targets = np.asarray(task.targets(labels, prepared))
+    with r.step("prepare(labels, split, config, obs=..., expression=...)", required=True):
+        prepared = task.prepare(labels, split, config, obs=obs, expression=expression)
+    with r.step("targets(labels, prepared, obs=..., expression=...)", required=True):
+        targets = np.asarray(task.targets(labels, prepared, obs=obs, expression=expression))
     r.expect(
-        targets.shape == labels.shape and np.issubdtype(targets.dtype, np.integer),
-        f"targets() must give one integer per cell (got {targets.dtype} {targets.shape})",
+        targets.shape[:1] == labels.shape and np.issubdtype(targets.dtype, np.number),
+        f"targets() must give numbers, one row per cell (got {targets.dtype} {targets.shape})",
     )
     emb = torch.randn(labels.size, hidden, generator=torch.Generator().manual_seed(0))
     with r.step("head(hidden_size, prepared, config)", required=True):
@@ -755,8 +783,9 @@ def _check_task_instance(cls: type[Task], config: Any, hidden: int, r: _Report) 
             json.dumps(task.state(again), sort_keys=True) == json.dumps(state, sort_keys=True),
             "state(from_state(state)) differs from state",
         )
+        restored = task.targets(labels, again, obs=obs, expression=expression)
         r.expect(
-            np.array_equal(np.asarray(task.targets(labels, again)), targets),
+            np.array_equal(np.asarray(restored), targets),
             "targets() differ after from_state(state(prepared))",
         )
         cols2 = task.annotate(out, again)

@@ -123,6 +123,8 @@ def tiny_adata(
         X = X.multiply(1e4 / lib[:, None]).tocsr()
         X.data = np.log1p(X.data).astype(np.float32)
         out.X = X
+    # a pseudo-batch for tests of batch-aware tasks (alternating; NOT a real batch effect)
+    out.obs["sample"] = np.where(np.arange(out.n_obs) % 2 == 0, "s1", "s2")
     return out
 
 
@@ -583,14 +585,18 @@ def _make_toy_regression() -> type:
                 raise DataError(f"task.column: obs column '{config.column}' not found")
             return np.log1p(obs[config.column].to_numpy(dtype=np.float64))
 
-        def preflight(self, labels: Any, split: Any, config: Any) -> Preflight:
+        def preflight(self, labels: Any, split: Any, config: Any, *, obs: Any = None) -> Preflight:
             return Preflight(info=[f"regressing log1p(obs['{config.column}'])"])
 
-        def prepare(self, labels: Any, split: Any, config: Any, *, obs: Any = None) -> Any:
+        def prepare(
+            self, labels: Any, split: Any, config: Any, *, obs: Any = None, expression: Any = None
+        ) -> Any:
             y = self._values(obs, config)[split["train"]]
             return {"column": config.column, "mean": float(y.mean()), "std": float(y.std() or 1)}
 
-        def targets(self, labels: Any, prepared: Any, *, obs: Any = None) -> Any:
+        def targets(
+            self, labels: Any, prepared: Any, *, obs: Any = None, expression: Any = None
+        ) -> Any:
             cfg = ToyRegressionConfig(column=prepared["column"])
             y = (self._values(obs, cfg) - prepared["mean"]) / prepared["std"]
             return y.astype(np.float32)

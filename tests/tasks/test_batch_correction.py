@@ -111,36 +111,6 @@ def _batched_h5ad(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def engine_passes_expression(monkeypatch: pytest.MonkeyPatch):
-    """Simulate the engine change this task needs (core passes only ``obs`` today): hand the
-    loaded expression matrix to ``prepare``/``targets``."""
-    import sctune.core.runner as runner
-
-    seen: dict[str, object] = {}
-    load = runner.load_data
-
-    def load_data(*args, **kwargs):
-        data = load(*args, **kwargs)
-        seen["expression"] = data.expression
-        return data
-
-    prepare, targets = BatchCorrectionTask.prepare, BatchCorrectionTask.targets
-
-    def prepare_with(self, labels, split, config, *, obs=None, expression=None):
-        return prepare(self, labels, split, config, obs=obs, expression=seen.get("expression"))
-
-    def targets_with(self, labels, prepared, *, obs=None, expression=None):
-        expr = seen.get("expression")
-        if expr is not None and obs is not None and len(obs) != len(expr.cell_ids):
-            expr = None
-        return targets(self, labels, prepared, obs=obs, expression=expr)
-
-    monkeypatch.setattr(runner, "load_data", load_data)
-    monkeypatch.setattr(BatchCorrectionTask, "prepare", prepare_with)
-    monkeypatch.setattr(BatchCorrectionTask, "targets", targets_with)
-
-
 def _recipe(data: Path, out: Path, options: dict, plots: bool) -> dict:
     return {
         "sctune": 1,
@@ -166,9 +136,7 @@ def _recipe(data: Path, out: Path, options: dict, plots: bool) -> dict:
     }
 
 
-def test_end_to_end_scores_sctune_pca_and_harmony(
-    engine_passes_expression, registry, tmp_path: Path
-) -> None:
+def test_end_to_end_scores_sctune_pca_and_harmony(registry, tmp_path: Path) -> None:
     data = _batched_h5ad(tmp_path / "two_batches.h5ad")
     options = dict(
         registry.get("backbone", "scgpt").cls.example_config(

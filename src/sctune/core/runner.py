@@ -84,7 +84,7 @@ def prepare_inputs(
             hint="raise data.split.test (e.g. 0.2), or give a split column/file with test cells",
         )
     say("split: " + ", ".join(f"{part} {len(idx)}" for part, idx in split.items()) + " cells")
-    pre = task.preflight(data.labels, split, rec.task.config)
+    pre = task.preflight(data.labels, split, rec.task.config, obs=data.obs)
     for line in pre.info:
         say(line)
     for w in pre.warnings:
@@ -106,8 +106,8 @@ def prepare_inputs(
     tokens = backbone.tokenize(expr, bcfg, seed=seed)
     if tokens.gene_match is not None:
         say(f"genes: {tokens.gene_match.summary()}")
-    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs)
-    targets = task.targets(data.labels, prepared, obs=data.obs)
+    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs, expression=expr)
+    targets = task.targets(data.labels, prepared, obs=data.obs, expression=expr)
     return Inputs(
         backbone, adapters, task, data, split, bcfg, tokens, prepared, targets, warnings, info
     )
@@ -548,7 +548,9 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
     backbone, adapters, task = _components(rec, registry)
     data = load_data(rec.data, seed=rec.envelope.seed)
     split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
-    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs)
+    prepared = task.prepare(
+        data.labels, split, rec.task.config, obs=data.obs, expression=data.expression
+    )
     with tempfile.TemporaryDirectory() as tmp:
         bcfg = resolve_config(
             backbone,
@@ -593,7 +595,7 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             cells = backbone.tokenize(sub, bcfg, seed=rec.envelope.seed)
             batch = cells.collate([cells[i] for i in range(len(cells))])
             targets = torch.as_tensor(
-                task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx])
+                task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx], expression=sub)
             )
             model.train()
             _, logits = model(batch)

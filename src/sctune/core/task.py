@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from sctune.core.cells import Expression
     from sctune.core.config import PluginConfig
 
 from sctune.core.errors import DataError
@@ -80,8 +81,21 @@ class Task(ABC):
     """True when :meth:`transfer` is implemented, so methods that train nothing
     (``zero_shot``) can run with this task; validate refuses the pair otherwise."""
 
+    @classmethod
+    def example_config(cls) -> dict[str, object]:
+        """Task options (without ``name``) for the tiny test data of :mod:`sctune.testing`
+        (``tiny_adata``: labels in ``cell_type``, a pseudo-batch in ``sample``). The
+        registry-driven test matrix uses them, so a new task joins it by implementing this
+        when its defaults do not fit that data. Default: no options."""
+        return {}
+
     def preflight(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: PluginConfig
+        self,
+        labels: np.ndarray,
+        split: dict[str, np.ndarray],
+        config: PluginConfig,
+        *,
+        obs: Any = None,
     ) -> Preflight:
         """Check the labels against the split before the model is built (errors stop the run
         and ``sctune validate``; warnings and info lines are shown). Default: no checks."""
@@ -95,15 +109,24 @@ class Task(ABC):
         config: PluginConfig,
         *,
         obs: Any = None,
+        expression: Expression | None = None,
     ) -> Any:
         """Build the task state from all cells and the split (statistics from training only).
 
         ``labels`` is the ``data.label_column`` of every cell as strings; ``obs`` the whole
-        ``adata.obs`` table (the engine always passes it), for tasks that read other columns.
+        ``adata.obs`` table and ``expression`` the chosen matrix with its genes (the engine
+        always passes both), for tasks that read other columns or reconstruct expression.
         """
 
     @abstractmethod
-    def targets(self, labels: np.ndarray, prepared: Any, *, obs: Any = None) -> np.ndarray:
+    def targets(
+        self,
+        labels: np.ndarray,
+        prepared: Any,
+        *,
+        obs: Any = None,
+        expression: Expression | None = None,
+    ) -> np.ndarray:
         """One target per cell (``labels`` and ``obs`` rows in the same order): integer classes
         (``-1`` for labels unknown to the task), or floats for a regression; the engine batches
         them with their own dtype."""

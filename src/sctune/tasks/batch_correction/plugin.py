@@ -98,11 +98,24 @@ class BatchCorrectionTask(Task):
         "valid/batch_accuracy": "min",  # the discriminator cannot tell batches apart
     }
 
+    @classmethod
+    def example_config(cls) -> dict[str, object]:
+        return {"batch_column": "sample", "n_hvg": 50}
+
     def preflight(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any, *, obs: Any = None
     ) -> Preflight:
-        # The batch column is checked in prepare(): the engine's preflight has no obs.
         report = Preflight()
+        if obs is not None:  # refused before anything is built (validate too)
+            batches = self._batches(obs, config.batch_column)
+            found = sorted(set(batches.tolist()))
+            if len(found) < 2:
+                report.errors.append(
+                    f"task.batch_column: '{config.batch_column}' has one batch ({found[0]!r}); "
+                    "batch correction needs at least 2"
+                )
+            else:
+                report.info.append(f"{len(found)} batches in '{config.batch_column}'")
         if len(set(labels.tolist())) < 2:
             report.info.append("one cell-type label: bio-conservation metrics are off")
         return report

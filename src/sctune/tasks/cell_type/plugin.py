@@ -38,7 +38,7 @@ class CellTypeTask(Task):
     }
 
     def preflight(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any
+        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any, *, obs: Any = None
     ) -> Preflight:
         """At least two classes; every validation/test class has training cells; tiny classes."""
         report = Preflight()
@@ -79,7 +79,13 @@ class CellTypeTask(Task):
         return report
 
     def prepare(
-        self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any, *, obs: Any = None
+        self,
+        labels: np.ndarray,
+        split: dict[str, np.ndarray],
+        config: Any,
+        *,
+        obs: Any = None,
+        expression: Any = None,
     ) -> CellTypeState:
         train = labels[split["train"]]
         classes = sorted(set(train.tolist()))
@@ -94,7 +100,12 @@ class CellTypeTask(Task):
         return state
 
     def targets(
-        self, labels: np.ndarray, prepared: CellTypeState, *, obs: Any = None
+        self,
+        labels: np.ndarray,
+        prepared: CellTypeState,
+        *,
+        obs: Any = None,
+        expression: Any = None,
     ) -> np.ndarray:
         index = {c: i for i, c in enumerate(prepared.classes)}
         return np.array([index.get(str(x), -1) for x in labels], dtype=np.int64)
