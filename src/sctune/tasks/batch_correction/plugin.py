@@ -100,7 +100,8 @@ class BatchCorrectionTask(Task):
 
     @classmethod
     def example_config(cls) -> dict[str, object]:
-        return {"batch_column": "sample", "n_hvg": 50}
+        # light: the references and kBET are covered by tests/tasks/test_batch_correction.py
+        return {"batch_column": "sample", "n_hvg": 50, "references": [], "kbet": False}
 
     def preflight(
         self, labels: np.ndarray, split: dict[str, np.ndarray], config: Any, *, obs: Any = None
