@@ -253,9 +253,9 @@ def _from_adata(
         return f"data.{k}" if where is None else f"{where} (the run's data.{k})"
 
     if adata.n_obs == 0 or adata.n_vars == 0:
-        empty = "cells (adata.n_obs is 0)" if adata.n_obs == 0 else "genes (adata.n_vars is 0)"
+        missing = "cells (adata.n_obs is 0)" if adata.n_obs == 0 else "genes (adata.n_vars is 0)"
         raise DataError(
-            f"{origin}: '{name}' has no {empty}; "
+            f"{origin}: '{name}' has no {missing}; "
             + (
                 "there is nothing to annotate"
                 if not require_labels
@@ -502,7 +502,7 @@ def _load_files(
     )
     labels = np.concatenate([p.labels for p in parts]).astype(str)
     library = (
-        np.concatenate([p.library for p in parts])  # type: ignore[misc]
+        np.concatenate([p.library for p in parts])
         if kind == "counts" and all(p.library is not None for p in parts)
         else None
     )
@@ -606,7 +606,7 @@ def _map_genes(
 
     if len(set(kinds)) == 1:
         namespace = kinds[0]
-        chosen = [(p.gene_source, p.genes) for p in parts]
+        chosen: list[Any] = [(p.gene_source, p.genes) for p in parts]
     else:
         by_symbol, by_id = offers("symbol"), offers("ensembl")
         if all(by_symbol):
@@ -692,12 +692,12 @@ def _map_genes(
     alternates: list[tuple[str, ...] | None] = [None, None]
     maps = [a for _, _, a in merged if a]
     if maps:
-        alt = [
+        alt_ids = [
             next((m[g] for m in maps if g in m and not _bad_identifier(m[g])), None)
             for g in shared
         ]
-        if all(a is not None for a in alt):
-            alternates[0 if alt_kind == "symbol" else 1] = tuple(alt)  # type: ignore[arg-type]
+        if all(a is not None for a in alt_ids):
+            alternates[0 if alt_kind == "symbol" else 1] = tuple(str(a) for a in alt_ids)
     sources = ", ".join(f"{b}: {src}" for b, (src, _) in zip(batches, chosen, strict=True))
     kept = [len(shared)] * len(parts)
     notes.append(

@@ -69,7 +69,7 @@ def _loader(
     sampler = None
     if weights is not None:
         sampler = WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double),
+            torch.as_tensor(weights, dtype=torch.double),  # type: ignore[arg-type]
             len(weights),
             replacement=True,
             generator=gen,
@@ -183,7 +183,7 @@ def fit(
         net: Any = model.head
     else:
         train_ds, valid_ds = _Indexed(train, train_targets), _Indexed(valid, valid_targets)
-        collate = train_ds.collate  # type: ignore[attr-defined]
+        collate = train_ds.collate
         net = model
     sampler_gen = torch.Generator().manual_seed(seed)
     train_dl = _loader(
@@ -200,7 +200,7 @@ def fit(
     ocfg = trainer_cfg.optimizer
     opt_cls = torch.optim.AdamW if ocfg.name == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=ocfg.lr, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / trainer_cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(train_targets) / trainer_cfg.batch_size))
     scheduler = _scheduler(optimizer, trainer_cfg, steps_per_epoch)
     net, optimizer, train_dl, valid_dl = acc.prepare(net, optimizer, train_dl, valid_dl)
 
@@ -342,7 +342,8 @@ def _trainable_state(module: Any) -> dict[str, torch.Tensor]:
 def _get_rng() -> dict[str, Any]:
     import random
 
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: tuple[Any, ...] = tuple(np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

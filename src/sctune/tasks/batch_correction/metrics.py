@@ -132,7 +132,11 @@ def harmony(pcs: np.ndarray, batch: np.ndarray, seed: int = 0) -> np.ndarray:
     import pandas as pd
 
     meta = pd.DataFrame({"batch": np.asarray(batch).astype(str)})
-    ho = harmonypy.run_harmony(pcs, meta, ["batch"], random_state=seed, verbose=False)
+    # harmonypy's default cluster count is min(100, cells / 30): at least 1 on tiny test splits
+    nclust = max(1, min(100, pcs.shape[0] // 30))
+    ho = harmonypy.run_harmony(
+        pcs, meta, ["batch"], random_state=seed, verbose=False, nclust=nclust
+    )
     z = np.asarray(ho.Z_corr)
     if z.shape[0] != pcs.shape[0]:  # harmonypy < 2 returns (components, cells)
         z = z.T
