@@ -13,14 +13,18 @@ not change the metrics; ``--plots`` turns them back on). Output directories go t
 folder that is deleted at the end unless ``--out`` is given.
 
 Printed: one row per seed (test accuracy, balanced accuracy, macro F1, epochs run, best epoch,
-training seconds), then mean ± standard deviation (ddof=1) and min-max of every column, and the
-same summary as a markdown table to paste.
+training seconds, wall seconds of the whole run, CPU seconds of this process during the run), then
+mean ± standard deviation (ddof=1) and min-max of every column, and the same summary as a markdown
+table to paste. Training and wall seconds depend on what else the machine runs; the CPU seconds
+do much less, so on a shared machine compare recipes by them (with ``trainer.num_threads=1`` they
+approximate the wall time on one free core).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -47,6 +51,12 @@ def _get(metrics: dict[str, Any], path: tuple[str, ...]) -> float:
     return float(node) if node is not None else float("nan")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads), user + system."""
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 def run_seeds(
     recipe: str,
     overrides: list[str],
@@ -64,20 +74,21 @@ def run_seeds(
         extra = [f"seed={seed}", f"output.dir={out / f'seed-{seed}'}", "output.overwrite=true"]
         if not plots:
             extra += ["output.plots=false", "output.predictions=false"]
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), _cpu_seconds()
         result = api.run(recipe, [*overrides, *extra], progress=progress, log=lambda m: None)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu0
         m = result.metrics
         row: dict[str, Any] = {"seed": seed}
         row.update({col: _get(m, path) for col, (path, _) in METRICS.items()})
         row["epochs_run"] = m.get("train", {}).get("epochs_run")
         row["best_epoch"] = m.get("train", {}).get("best_epoch")
         row["wall_s"] = wall
+        row["cpu_s"] = cpu
         rows.append(row)
         print(
             f"seed {seed}: accuracy {row['accuracy']:.3f}  balanced {row['balanced_accuracy']:.3f}"
             f"  macro F1 {row['macro_f1']:.3f}  epochs {row['epochs_run']} (best {row['best_epoch']})"
-            f"  training {row['train_s']:.1f} s  wall {wall:.1f} s",
+            f"  training {row['train_s']:.1f} s  wall {wall:.1f} s  CPU {cpu:.1f} s",
             flush=True,
         )
     return pd.DataFrame(rows).set_index("seed")
@@ -85,7 +96,7 @@ def run_seeds(
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation (ddof=1), min and max of every metric column."""
-    cols = [*METRICS, "wall_s"]
+    cols = [*METRICS, "wall_s", "cpu_s"]
     return df[cols].agg(["mean", "std", "min", "max"]).T
 
 
@@ -101,18 +112,22 @@ def markdown(summary: pd.DataFrame, n: int, title: str) -> str:
         fmt = "{:.1f}" if col.endswith("_s") else "{:.3f}"
         mean_sd = f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}"
         lines.append(f"| {label} | {mean_sd} | {fmt.format(s['min'])}-{fmt.format(s['max'])} |")
+    s = summary.loc["cpu_s"]
+    lines.append(
+        f"| CPU s (whole run) | {s['mean']:.1f} ± {s['std']:.1f} | {s['min']:.1f}-{s['max']:.1f} |"
+    )
     return "\n".join(lines)
 
 
 def per_seed_markdown(df: pd.DataFrame) -> str:
     lines = [
-        "| seed | accuracy | balanced accuracy | macro F1 | training s |",
-        "|---|---|---|---|---|",
+        "| seed | accuracy | balanced accuracy | macro F1 | training s | CPU s |",
+        "|---|---|---|---|---|---|",
     ]
     for seed, r in df.iterrows():
         lines.append(
             f"| {seed} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | "
-            f"{r['macro_f1']:.3f} | {r['train_s']:.1f} |"
+            f"{r['macro_f1']:.3f} | {r['train_s']:.1f} | {r['cpu_s']:.1f} |"
         )
     return "\n".join(lines)
 
