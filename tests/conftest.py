@@ -83,14 +83,15 @@ class CliResult:
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """Run the real entry point (exit codes, error rendering) in-process: ``cli("validate", ...)``.
 
-    The CLI's cached registry is reset before each call, so plugins installed by the test count.
+    The CLI's cached registry is reset before each call, so plugins installed by the test count;
+    ``registry=`` hands it a prebuilt one instead (faster, for many calls).
     """
     import sctune.cli.main as cli_main
 
-    def run(*args: str) -> CliResult:
+    def run(*args: str, registry: object = None) -> CliResult:
         capsys.readouterr()
         monkeypatch.setattr("sys.argv", ["sctune", *map(str, args)])
-        cli_main._STATE.update(registry=None, plugins=[], debug=False)
+        cli_main._STATE.update(registry=registry, plugins=[], debug=False)
         code = 0
         try:
             cli_main.main()

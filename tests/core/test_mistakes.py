@@ -971,22 +971,10 @@ def cached_registry() -> Any:
     return testing.registry_with()
 
 
-def _invoke(args: list[str], registry: Any, monkeypatch: Any, capsys: Any) -> tuple[int, str]:
-    import sctune.cli.main as cli_main
-
-    capsys.readouterr()
-    monkeypatch.setattr("sys.argv", ["sctune", *args])
-    plugins = "--plugins" in args
-    cli_main._STATE.update(registry=None if plugins else registry, plugins=[], debug=False)
-    code = 0
-    try:
-        cli_main.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        cli_main._STATE.update(registry=None, plugins=[])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+def _invoke(cli: Any, args: list[str], registry: Any) -> tuple[int, str]:
+    """Through the suite's ``cli`` runner, with the cached registry unless plugins are loaded."""
+    result = cli(*args, registry=None if "--plugins" in args else registry)
+    return result.code, result.text
 
 
 @pytest.mark.parametrize(("mistake", "command"), PARAMS)
@@ -998,7 +986,7 @@ def test_mistake_is_refused_cleanly(
     cached_registry: Any,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli: Any,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     ws = Workspace(tmp_path, variants)
@@ -1007,7 +995,7 @@ def test_mistake_is_refused_cleanly(
     args = mistake.build(ws)
     args = [command, *args] + (["-q"] if command == "run" else [])
     before = _snapshot(tmp_path)
-    code, text = _invoke(args, cached_registry, monkeypatch, capsys)
+    code, text = _invoke(cli, args, cached_registry)
     assert code == 2, f"exit {code}\n{text}"
     assert "Traceback" not in text, text
     assert "error: " in text, text
@@ -1026,36 +1014,30 @@ def test_corpus_size() -> None:
 # --------------------------------------------------------------------------- not mistakes
 
 
-def _cli(args: list[str], registry: Any, monkeypatch: Any, capsys: Any) -> tuple[int, str]:
-    return _invoke(args, registry, monkeypatch, capsys)
-
-
 def test_counts_in_a_layer_with_x_none_are_used(
-    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, capsys: Any
+    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, cli: Any
 ) -> None:
     ws = Workspace(tmp_path, variants)
-    code, text = _cli(
-        ["validate", ws.recipe(variant="x_none_layer")], cached_registry, monkeypatch, capsys
-    )
+    code, text = _invoke(cli, ["validate", ws.recipe(variant="x_none_layer")], cached_registry)
     assert code == 0, text
     assert "using layer:counts (counts); X is None" in text
 
 
 def test_a_few_empty_cells_are_a_warning(
-    tmp_path: Path, cached_registry: Any, monkeypatch: Any, capsys: Any
+    tmp_path: Path, cached_registry: Any, monkeypatch: Any, cli: Any
 ) -> None:
     adata = _base()
     d = _dense(adata)
     d[:3] = 0
     _set_x(adata, d).write_h5ad(tmp_path / "few_empty.h5ad")
     ws = Workspace(tmp_path, {"few": tmp_path / "few_empty.h5ad"})
-    code, text = _cli(["validate", ws.recipe(variant="few")], cached_registry, monkeypatch, capsys)
+    code, text = _invoke(cli, ["validate", ws.recipe(variant="few")], cached_registry)
     assert code == 0, text
     assert "warning: 3 of 60 cells (5%) have no counts in X" in text
 
 
 def test_library_and_backbone_warnings_use_the_warning_channel(
-    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, capsys: Any
+    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, cli: Any
 ) -> None:
     """scBERT's log-normalised note printed a raw ``UserWarning`` with a source line before."""
     monkeypatch.chdir(tmp_path)
@@ -1064,29 +1046,24 @@ def test_library_and_backbone_warnings_use_the_warning_channel(
     section = {"name": "scbert", **opts, **ARCH, "max_seq_len": DROP}
     recipe = ws.recipe({"backbone": section}, variant="lognorm")
     for command in ("validate", "run"):
-        code, text = _cli(
-            [command, recipe, "-q"] if command == "run" else [command, recipe],
-            cached_registry,
-            monkeypatch,
-            capsys,
-        )
+        args = [command, recipe, "-q"] if command == "run" else [command, recipe]
+        code, text = _invoke(cli, args, cached_registry)
         assert code == 0, text
         assert "warning: expression looks log-normalised" in text, text
         assert "UserWarning" not in text and "warnings.warn" not in text, text
 
 
 def test_predict_reports_low_coverage_of_the_runs_genes(
-    tmp_path: Path, trained_run: Path, cached_registry: Any, monkeypatch: Any, capsys: Any
+    tmp_path: Path, trained_run: Path, cached_registry: Any, monkeypatch: Any, cli: Any
 ) -> None:
     """A query with 40% of the run's genes is annotated, with a warning that says so."""
     adata = _base()
     adata[:, : int(0.4 * N_GENES)].copy().write_h5ad(tmp_path / "narrow.h5ad")
     out = tmp_path / "annotated.h5ad"
-    code, text = _cli(
+    code, text = _invoke(
+        cli,
         ["predict", str(trained_run), str(tmp_path / "narrow.h5ad"), "-o", str(out)],
         cached_registry,
-        monkeypatch,
-        capsys,
     )
     assert code == 0, text
     assert f"has 32 of the run's {N_GENES} genes (40%)" in text, text
@@ -1094,10 +1071,10 @@ def test_predict_reports_low_coverage_of_the_runs_genes(
 
 
 def test_validate_warns_that_run_would_refuse_an_existing_run_directory(
-    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, capsys: Any
+    tmp_path: Path, variants: dict[str, Path], cached_registry: Any, monkeypatch: Any, cli: Any
 ) -> None:
     ws = Workspace(tmp_path, variants)
     ws.file("run/metrics.json", "{}")
-    code, text = _cli(["validate", ws.recipe(), "--no-data"], cached_registry, monkeypatch, capsys)
+    code, text = _invoke(cli, ["validate", ws.recipe(), "--no-data"], cached_registry)
     assert code == 0, text
     assert "warning: output.dir: run directory" in text and "output.overwrite=true" in text
