@@ -41,6 +41,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(autouse=True)
+def _own_token_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Each test gets its own token cache (data.cache_tokens), never the user's ~/.cache."""
+    monkeypatch.setenv("SCTUNE_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` next to the checkout; skips the test when it is absent."""

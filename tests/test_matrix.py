@@ -179,11 +179,18 @@ def test_train_save_reload(
 
 
 def _always_frozen(backbone: str, run_dir: Path) -> int:
-    """Parameters the backbone declares it never trains (module attribute ``always_frozen``)."""
+    """Parameters the backbone declares it never trains (module attribute ``always_frozen``),
+    plus its fresh modules when the task's head never reads the cell embedding they feed."""
+    from sctune.core.objective import EncoderHead
     from sctune.core.predictor import rebuild
 
-    module = rebuild(run_dir, REGISTRY)[2].model.backbone
-    return sum(module.get_parameter(n).numel() for n in getattr(module, "always_frozen", ()))
+    model = rebuild(run_dir, REGISTRY)[2].model
+    module = model.backbone
+    n = sum(module.get_parameter(n).numel() for n in getattr(module, "always_frozen", ()))
+    if isinstance(model.head, EncoderHead) and not model.head.reads_cell_embedding:
+        for name in getattr(module, "fresh_modules", ()):
+            n += sum(p.numel() for p in module.get_submodule(name).parameters())
+    return n
 
 
 @pytest.mark.parametrize(("backbone", "adapter"), INCOMPATIBLE)

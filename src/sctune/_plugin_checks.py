@@ -289,6 +289,64 @@ def _check_backbone_instance(cls: type[Backbone], tmp: Path, n_cells: int, r: _R
                 "EncoderOutput.padding_mask does not align with tokens",
             )
     _check_surfaces(cls, module, surfaces, batch, out.cell, r)
+    _check_masked_modelling(cls, plugin, module, config, batch, r)
+
+
+def _check_masked_modelling(
+    cls: type[Backbone],
+    plugin: Backbone,
+    module: nn.Module,
+    config: Any,
+    batch: dict[str, torch.Tensor],
+    r: _Report,
+) -> None:
+    """A backbone that declares MASKED_MODELLING returns a working objective: masking changes
+    only the chosen tokens (never in place), decoding fits the per-token outputs, and the
+    per-cell loss is finite and has a gradient."""
+    import torch
+
+    from sctune.core.capabilities import Capability
+    from sctune.core.objective import MaskedModelling
+
+    declared = Capability.MASKED_MODELLING in cls.provides
+    with r.step("masked_modelling(module, config)", required=False):
+        objective = plugin.masked_modelling(module, config)
+    if not declared:
+        return
+    if not r.expect(
+        isinstance(objective, MaskedModelling),
+        "'provides' declares masked_modelling, but masked_modelling() does not return a "
+        "sctune.core.objective.MaskedModelling",
+    ):
+        return
+    assert objective is not None
+    with r.step("MaskedModelling.mask/decode/per_cell"):
+        before = {k: v.clone() for k, v in batch.items()}
+        masked = objective.mask(batch, objective.default_ratio, torch.Generator().manual_seed(0))
+        r.expect(
+            all(torch.equal(before[k], batch[k]) for k in batch),
+            "mask() modified the batch in place",
+        )
+        r.expect(bool(masked.positions.any()), "mask() masked no token of the example cells")
+        out = module(masked.batch)
+        r.expect(
+            out.tokens is not None
+            and tuple(masked.positions.shape) == tuple(out.tokens.shape[:2]),
+            "Masked.positions must align with EncoderOutput.tokens (cells, positions)",
+        )
+        if out.tokens is not None:
+            loss, count, _ = objective.per_cell(objective.decode(out.tokens), masked)
+            r.expect(bool(torch.isfinite(loss).all()), "the masked loss is not finite")
+            r.expect(
+                float(count.sum()) == float(masked.positions.sum()),
+                "per_cell() counts differ from the masked positions",
+            )
+            loss.sum().backward()
+            grads = [p.grad for p in objective.parameters()]
+            r.expect(
+                any(g is not None and bool(g.abs().sum() > 0) for g in grads),
+                "the masked loss gives the decoder no gradient",
+            )
 
 
 def _check_surfaces(
@@ -311,7 +369,7 @@ def _check_surfaces(
         isinstance(surfaces.hidden_size, int) and surfaces.hidden_size > 0,
         f"Surfaces.hidden_size must be a positive int (got {surfaces.hidden_size!r})",
     )
-    missing = set(cls.provides) - set(surfaces.provides())
+    missing = set(cls.provides) - set(surfaces.provides()) - {Capability.MASKED_MODELLING}
     r.expect(
         not missing,
         f"'provides' declares {', '.join(sorted(map(str, missing)))}, but surfaces() does not "
@@ -639,6 +697,40 @@ def _check_merge(
 # --------------------------------------------------------------------------- tasks
 
 
+def _run_head(
+    cls: type[Task], head: Any, emb: torch.Tensor, gen: torch.Generator, r: _Report
+) -> torch.Tensor:
+    """Head outputs for the fake cell embeddings ``emb``: a cell head takes them directly; an
+    encoder head gets fake per-token outputs (8 positions) and, when it trains a masked
+    objective, :func:`sctune.testing.toy_masked_values` and a corrupted fake batch."""
+    import torch
+
+    from sctune.core.cells import EncoderOutput
+    from sctune.core.objective import EncoderHead
+    from sctune.testing import toy_masked_values
+
+    if cls.head_input == "cell":
+        return head(emb)
+    if not r.expect(
+        isinstance(head, EncoderHead),
+        "head_input is 'encoder', so head() must return a sctune.core.objective.EncoderHead",
+    ):
+        raise _Stop
+    n, d = emb.shape
+    tokens = torch.randn(n, 8, d, generator=gen)
+    tokens[:, 0] = emb
+    batch = {
+        "values": torch.rand(n, 8, generator=gen) * 5,
+        "padding_mask": torch.zeros(n, 8, dtype=torch.bool),
+    }
+    out = EncoderOutput(cell=emb, tokens=tokens, padding_mask=batch["padding_mask"])
+    if not head.masked_modelling:
+        return head(out, batch, None)
+    head.attach(toy_masked_values(d))
+    masked = head.corrupt(batch, gen)
+    return head(out, masked.batch, masked)
+
+
 def check_task(
     cls: type[Task], *, options: Mapping[str, Any] | None = None, hidden_size: int = 16
 ) -> None:
@@ -731,10 +823,11 @@ def _check_task_instance(cls: type[Task], config: Any, hidden: int, r: _Report) 
         targets.shape[:1] == labels.shape and np.issubdtype(targets.dtype, np.number),
         f"targets() must give numbers, one row per cell (got {targets.dtype} {targets.shape})",
     )
-    emb = torch.randn(labels.size, hidden, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(labels.size, hidden, generator=gen)
     with r.step("head(hidden_size, prepared, config)", required=True):
         head = task.head(hidden, prepared, config)
-        logits = head(emb)
+        logits = _run_head(cls, head, emb, gen, r)
     train = torch.as_tensor(split["train"])
     with r.step("loss(logits, targets, prepared, config)"):
         loss = task.loss(logits[train], torch.as_tensor(targets)[train], prepared, config)

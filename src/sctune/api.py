@@ -208,11 +208,15 @@ def predict(
     checkpoint: PathLike | None = None,
     batch_size: int | None = None,
     overwrite: bool = False,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> Path:
     """Annotate ``query`` (.h5ad) with a trained run; refuse a different backbone or vocabulary.
 
     ``batch_size`` defaults to the run's ``trainer.eval_batch_size``; an existing ``output`` is
-    replaced only with ``overwrite=True`` (and only once the new file is complete).
+    replaced only with ``overwrite=True`` (and only once the new file is complete). The query is
+    streamed from disk in chunks of ``chunk_size`` cells (default 20,000), so memory does not
+    grow with its size; ``progress`` shows a bar on an interactive terminal.
     """
     from sctune.core.predictor import predict_h5ad
 
@@ -225,6 +229,8 @@ def predict(
         checkpoint=None if checkpoint is None else Path(checkpoint),
         batch_size=batch_size,
         overwrite=overwrite,
+        chunk_size=chunk_size,
+        progress=progress,
     )
 
 
@@ -272,6 +278,49 @@ def _shown_default(field: Any) -> str:
     if value is None:
         return "null"
     return str(value) if isinstance(value, Path) else repr(value)
+
+
+def bench(
+    grid: PathLike | dict[str, Any],
+    *,
+    out: PathLike | None = None,
+    jobs: int = 1,
+    registry: Any = None,
+    only: Sequence[str] = (),
+    dry_run: bool = False,
+    isolate: bool = True,
+    progress: bool = True,
+    log: Any = print,
+    docs: PathLike | None = None,
+) -> Any:
+    """Run a benchmark grid (file, shipped name such as ``paper_small``, or mapping).
+
+    Cells already finished are skipped, interrupted ones resumed; ``jobs`` cells run at once in
+    child processes (one per GPU when several are visible). Returns a
+    :class:`sctune.bench.runner.BenchResult` (``dry_run=True``: the expanded, validated
+    :class:`sctune.bench.spec.Plan` without running anything). ``docs`` writes the markdown
+    summary between the bench markers of that file.
+    """
+    from sctune.bench import runner
+
+    registry = registry or get_registry()
+    if dry_run:
+        return runner.plan_bench(grid, registry)
+    result = runner.run_bench(
+        grid,
+        out=out,
+        jobs=jobs,
+        registry=registry,
+        isolate=isolate,
+        only=only,
+        progress=progress,
+        log=log,
+    )
+    if docs is not None and "results.md" in result.files:
+        from sctune.bench.markdown import update_docs
+
+        update_docs(Path(docs), result.files["results.md"].read_text())
+    return result
 
 
 def recipes(registry: Any = None) -> dict[str, Path]:

@@ -367,9 +367,18 @@ def _make_toy() -> type:
 
         name = "toy"
         config_cls = _toy_config_cls()
-        provides = frozenset({Capability.INPUT_EMBEDDING, Capability.ATTENTION_OUTPUT})
+        provides = frozenset(
+            {
+                Capability.INPUT_EMBEDDING,
+                Capability.ATTENTION_OUTPUT,
+                Capability.MASKED_MODELLING,
+            }
+        )
         description = "test backbone: gene + value embeddings, one MLP block, masked mean"
         licence = "MIT"
+
+        def masked_modelling(self, module: Any, config: Any) -> Any:
+            return toy_masked_values(module.hidden_size)
 
         @staticmethod
         def _genes(config: Any) -> list[str]:
@@ -458,6 +467,46 @@ def _make_toy() -> type:
     _ToyBackbone.__module__ = __name__
     _ToyBackbone.__qualname__ = "ToyBackbone"
     return _ToyBackbone
+
+
+def toy_masked_values(hidden: int, *, field: str = "values", seed: int = 0) -> Any:
+    """A masked-modelling objective for tests: mask ``field`` (float, ``(B, L)``) with 0 at
+    random non-padding positions after the first, predict it with one linear layer (MSE).
+
+    The ``toy`` backbone returns it from ``masked_modelling``; :func:`check_task` uses it to drive
+    task heads that train a masked objective without a real backbone."""
+    import torch
+    from torch import nn
+
+    from sctune.core.objective import Masked, MaskedModelling, draw_positions
+
+    class ToyMaskedValues(MaskedModelling):
+        kind = "regression"
+        default_ratio = 0.3
+        description = f"masked '{field}' (set to 0), MSE from a linear decoder"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = nn.Linear(hidden, 1)
+
+        def mask(self, batch: Any, ratio: float, generator: Any) -> Masked:
+            values = batch[field]
+            pad = batch.get("padding_mask")
+            eligible = torch.ones_like(values, dtype=torch.bool)
+            if pad is not None:
+                eligible &= ~pad.bool()
+            eligible[:, 0] = False
+            positions = draw_positions(eligible, ratio, generator)
+            out = dict(batch)
+            out[field] = values.masked_fill(positions, 0.0)
+            return Masked(out, positions, values.float())
+
+        def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.decoder(tokens).squeeze(-1)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ToyMaskedValues()
 
 
 def _toy_module() -> type:

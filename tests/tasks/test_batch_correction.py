@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sctune import api, testing
+from sctune.core.cells import EncoderOutput
 from sctune.core.errors import DataError
 from sctune.tasks.batch_correction.config import BatchCorrectionConfig
 from sctune.tasks.batch_correction.head import (
@@ -47,7 +48,7 @@ def test_dar_gradient_reaching_the_embedding_is_reversed() -> None:
     head = IntegrationHead(8, 2, 0, discriminator_layers=2, grl_lambda=1.0)
     emb = torch.randn(6, 8, requires_grad=True)
     b = torch.tensor([0, 1, 0, 1, 0, 1])
-    _, logits, _ = split_outputs(head(emb), 2, 0)
+    _, logits, _ = split_outputs(head(EncoderOutput(cell=emb), {}, None), 2, 0)
     torch.nn.functional.cross_entropy(logits, b).backward()
     reversed_grad = emb.grad.clone()
     emb2 = emb.detach().clone().requires_grad_(True)
@@ -59,12 +60,15 @@ def test_dar_gradient_reaching_the_embedding_is_reversed() -> None:
 
 def test_head_output_layout_and_shapes() -> None:
     head = IntegrationHead(16, 3, 20)
-    out = head(torch.randn(5, 16))
+    out = head(EncoderOutput(cell=torch.randn(5, 16)), {}, None)
     assert out.shape == (5, 16 + 3 + 20)
     unit, bl, rec = split_outputs(out, 3, 20)
     assert unit.shape == (5, 16) and bl.shape == (5, 3) and rec.shape == (5, 20)
     assert torch.allclose(unit.norm(dim=1), torch.ones(5), atol=1e-5)
-    assert IntegrationHead(16, 0, 0)(torch.randn(2, 16)).shape == (2, 16)
+    assert IntegrationHead(16, 0, 0)(EncoderOutput(cell=torch.randn(2, 16)), {}, None).shape == (
+        2,
+        16,
+    )
 
 
 def _two_batches(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

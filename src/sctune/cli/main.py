@@ -209,12 +209,25 @@ def predict_cli(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")
     ] = False,
+    chunk_size: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-size", min=1, help="Cells read from disk at a time (default 20,000)."
+        ),
+    ] = None,
 ) -> None:
     """Annotate new cells (obs sctune_prediction, sctune_confidence; obsm X_sctune)."""
     from sctune import api
 
     out = api.predict(
-        run_dir, query, output, registry=_registry(), checkpoint=checkpoint, overwrite=overwrite
+        run_dir,
+        query,
+        output,
+        registry=_registry(),
+        checkpoint=checkpoint,
+        overwrite=overwrite,
+        chunk_size=chunk_size,
+        progress=True,
     )
     typer.echo(f"wrote {out}")
 
@@ -253,6 +266,70 @@ def plugins_cli(
             console.print(f"\n[b]{r['kind']} {r['name'][:40]}[/b]: {r['description']}")
             for k, o in r["options"].items():
                 console.print(f"  {k} = {o['default']}  {o['description']}", highlight=False)
+
+
+@app.command("bench")
+def bench_cli(
+    grid: Annotated[
+        str, typer.Argument(help="Grid file, or a shipped grid name (e.g. paper_small).")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Results folder (default bench/<name>).")
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Cells run at once (one per GPU).")
+    ] = 1,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only cells whose id contains this text (repeatable)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list the cells; run nothing.")
+    ] = False,
+    docs: Annotated[
+        Path | None,
+        typer.Option("--docs", help="Also write the markdown summary into this file's markers."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Benchmark backbones x methods x datasets x seeds x tasks on shared splits.
+
+    Baselines (logistic regression, kNN on PCA; PCA and Harmony; head-only and zero-shot per
+    backbone) run on the same splits. Writes tables with 95% intervals over seeds, paired
+    comparisons, per-class F1, results.md and a self-contained report.html. A rerun skips
+    finished cells and resumes interrupted ones; a failed cell does not stop the others.
+    """
+    from sctune import api
+
+    if dry_run:
+        plan = api.bench(grid, registry=_registry(), dry_run=True)
+        for cell in plan.cells:
+            typer.echo(f"{cell.id}  {cell.hash}")
+        for s in plan.skipped:
+            typer.echo(
+                f"skipped {s['task']}/{s['dataset']}/{s['backbone']}/{s['method']}: {s['reason']}"
+            )
+        for name, why in plan.absent.items():
+            typer.echo(f"dataset '{name}' skipped: {why} (optional dataset)")
+        typer.echo(f"grid '{plan.spec.name}' is valid: {len(plan.cells)} cells")
+        return
+    result = api.bench(
+        grid,
+        out=out,
+        jobs=jobs,
+        registry=_registry(),
+        only=only or [],
+        progress=not quiet,
+        log=typer.echo,
+        docs=docs,
+    )
+    typer.echo(
+        f"ran {len(result.ran)}, resumed {len(result.resumed)}, finished earlier "
+        f"{len(result.finished_earlier)}, failed {len(result.failed)} in {result.seconds:.0f} s; "
+        f"results: {result.out / 'results'}"
+    )
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @recipes_app.callback(invoke_without_command=True)

@@ -10,6 +10,7 @@ from torch import nn
 
 from sctune.core.adapter import AdapterHandle
 from sctune.core.errors import CompatibilityError
+from sctune.core.objective import EVAL_MASK_SEED, EncoderHead
 
 
 class CellModel(nn.Module):
@@ -21,8 +22,32 @@ class CellModel(nn.Module):
         self.head = head
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.backbone(batch)
-        return out.cell, self.head(out.cell)
+        """``(cell embedding, head outputs)``.
+
+        A cell head reads the cell embedding. An :class:`~sctune.core.objective.EncoderHead`
+        reads the whole encoder output; when it has a masked-modelling objective, training
+        encodes a corrupted copy only (as in the backbones' own pretraining), and evaluation
+        encodes the clean cells (the exported embedding) plus a copy corrupted with masks of a
+        fixed seed, combined by :meth:`EncoderHead.merge`.
+        """
+        head = self.head
+        if not isinstance(head, EncoderHead):
+            out = self.backbone(batch)
+            return out.cell, head(out.cell)
+        if not head.masked_modelling:
+            out = self.backbone(batch)
+            return out.cell, head(out, batch, None)
+        if self.training:
+            masked = head.corrupt(batch, None)
+            out = self.backbone(masked.batch)
+            return out.cell, head(out, masked.batch, masked)
+        clean = self.backbone(batch)
+        gen = torch.Generator().manual_seed(EVAL_MASK_SEED)
+        masked = head.corrupt(batch, gen)
+        corrupted = self.backbone(masked.batch)
+        return clean.cell, head.merge(
+            head(clean, batch, None), head(corrupted, masked.batch, masked)
+        )
 
 
 @dataclass
@@ -53,10 +78,12 @@ class Assembled:
             out["head"][n] = state[n]
         heads = ("head.", *(f"backbone.{m}." for m in self.fresh_modules))
         for name, tensor in state.items():
-            if id(tensor) not in buffers or name in out["adapter"] or name in out["head"]:
+            if name in out["adapter"] or name in out["head"]:
                 continue
-            if name.startswith(heads):
+            if name.startswith(heads):  # fresh: every tensor, trained or not
                 out["head"][name] = tensor
+                continue
+            if id(tensor) not in buffers:
                 continue
             before = self.base_buffers.get(f"{id(tensor)}")
             if before is None or not torch.equal(before, tensor.detach().cpu()):
@@ -104,26 +131,48 @@ def assemble(
                 f"'{backbone_plugin.name}' module does not provide"
             )
         handles.append(plugin.apply(module, surfaces, cfg))
-    # Tensors the backbone declares never trainable (scBERT's fixed gene2vec position table):
-    # re-frozen after every adapter ran and dropped from each handle, so even 'full' leaves them.
+    head = task.head(int(cast(Any, module).hidden_size), prepared, task_cfg)
+    if isinstance(head, EncoderHead) and head.masked_modelling:
+        objective = backbone_plugin.masked_modelling(module, backbone_cfg)
+        if objective is None:
+            raise CompatibilityError(
+                f"task '{task.name}' trains the backbone's masked-modelling objective, which "
+                f"backbone '{backbone_plugin.name}' does not offer"
+            )
+        head.attach(objective)
+    # fresh modules (a pooler, scBERT's stem) feed the cell embedding: trained unless the head
+    # never reads it (a pretraining head reads per-token outputs only)
+    reads_cell = not isinstance(head, EncoderHead) or head.reads_cell_embedding
+    every_fresh = tuple(getattr(module, "fresh_modules", ()))
+    fresh = every_fresh if reads_cell else ()
+    unused = () if reads_cell else every_fresh
+    # Tensors the backbone declares never trainable (scBERT's fixed gene2vec position table), and
+    # fresh modules a head never reads: re-frozen after every adapter ran and dropped from each
+    # handle, so even 'full' leaves them.
     frozen_ids = {id(module.get_parameter(n)) for n in getattr(module, "always_frozen", ())}
+    frozen_ids |= {id(p) for m in unused for p in module.get_submodule(m).parameters()}
+    for p in module.parameters():
+        if id(p) in frozen_ids:
+            p.requires_grad_(False)
     enabled: set[int] = set()
     for h in handles:
         h.parameters = [p for p in h.parameters if id(p) not in frozen_ids]
         for p in h.parameters:
             p.requires_grad_(True)
             enabled.add(id(p))
-    fresh = tuple(getattr(module, "fresh_modules", ()))
     fresh_ids: set[int] = set()
     for name in fresh:
         for p in module.get_submodule(name).parameters():
             if id(p) not in frozen_ids:
                 p.requires_grad_(True)
                 fresh_ids.add(id(p))
-    head = task.head(int(cast(Any, module).hidden_size), prepared, task_cfg)
     model = CellModel(module, head)
     out = Assembled(
-        model, handles, fresh_modules=fresh, base_buffers=base_buffers, adapters=list(adapters)
+        model,
+        handles,
+        fresh_modules=every_fresh,  # saved with the head even when untrained
+        base_buffers=base_buffers,
+        adapters=list(adapters),
     )
     for name, p in model.named_parameters():
         if not p.requires_grad:

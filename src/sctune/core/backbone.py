@@ -9,14 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from sctune.core.capabilities import Capability
     from sctune.core.cells import Expression, GeneMatch, TokenizedCells
     from sctune.core.config import PluginConfig
+    from sctune.core.objective import MaskedModelling
     from sctune.core.surfaces import Surfaces
 
 
@@ -118,6 +120,35 @@ class Backbone(ABC):
         joins the matrix by implementing this. ``genes`` are the symbols of the test data.
         """
         raise NotImplementedError(f"backbone '{cls.name}' provides no example_config")
+
+    def masked_modelling(self, module: nn.Module, config: PluginConfig) -> MaskedModelling | None:
+        """The backbone's own masked pretraining objective for ``module`` (built by
+        :meth:`build` with ``config``): a new :class:`~sctune.core.objective.MaskedModelling`
+        whose decoder holds the checkpoint's pretrained decoder weights when the checkpoint has
+        them. Tasks that reconstruct masked inputs (batch correction's GEP, ``pretrain``) use it.
+        ``None`` (default) when the backbone has no such objective."""
+        return None
+
+    def export_checkpoint(
+        self,
+        state: dict[str, torch.Tensor],
+        config: PluginConfig,
+        out_dir: Path,
+        *,
+        decoder: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Write a checkpoint in the backbone's real format into ``out_dir``.
+
+        ``state`` has the ``state_dict`` names of a module freshly built with ``config`` (the
+        engine folds mergeable adapters in first); ``decoder`` holds the masked-modelling
+        decoder's tensors under the real checkpoint's names
+        (:meth:`~sctune.core.objective.MaskedModelling.checkpoint_state`). Vocabulary files go
+        next to the weights. Returns the recipe options (``backbone.<key>``) that load the result,
+        e.g. ``{"checkpoint": "<out_dir>"}``; the engine checks that they build and load, and
+        writes them as ``backbone.yaml``. Raise ``NotImplementedError`` (default) when the
+        backbone cannot export.
+        """
+        raise NotImplementedError(f"backbone '{self.name}' cannot export a checkpoint")
 
     def reference_parameter_count(self, config: PluginConfig) -> int | None:
         """Parameters of the published model of this shape, pretraining head included (e.g.

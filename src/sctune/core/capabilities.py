@@ -18,6 +18,9 @@ class Capability(str, Enum):
     """Per block: the attention q/k/v/o (and ffn_in/ffn_out) projections as plain ``nn.Linear``."""
     PROMPT_TOKENS = "prompt_tokens"
     """Per block: learned tokens inserted at the block input; mask extended, stripped at the end."""
+    MASKED_MODELLING = "masked_modelling"
+    """Not an insertion point: the backbone offers its own masked pretraining objective
+    (``Backbone.masked_modelling``); tasks that reconstruct masked inputs require it."""
 
     def __str__(self) -> str:
         return self.value

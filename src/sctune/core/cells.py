@@ -127,6 +127,14 @@ class TokenizedCells(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return {k: v[i] for k, v in self.fields.items()}
 
+    def lengths(self) -> np.ndarray:
+        """Tokens per cell (``int64``), e.g. for length-bucketed batching."""
+        first = next(iter(self.fields.values()))
+        offsets = getattr(first, "offsets", None)
+        if offsets is not None:
+            return np.diff(offsets)
+        return np.fromiter((len(a) for a in first), dtype=np.int64, count=len(first))
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedCells:
         idx = [int(i) for i in indices]
         return TokenizedCells(

@@ -26,11 +26,13 @@ BUILTIN_DATASETS = {
 SPLITS = ("train", "valid", "test")
 
 
-def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
+def read_adata(path: str, *, where: str = "data.path", backed: bool = False) -> ad.AnnData:
     """Read an ``.h5ad`` file or a built-in dataset name (``scanpy:pbmc68k_reduced``).
 
     ``where`` names the source in error messages: the recipe key ``data.path``, or e.g.
-    ``query`` for the file given to ``sctune predict``.
+    ``query`` for the file given to ``sctune predict``. ``backed=True`` opens a file read-only
+    with ``X`` left on disk (``adata[a:b].to_memory()`` reads rows); built-in datasets are in
+    memory either way.
     """
     if path.startswith("scanpy:"):
         if path not in BUILTIN_DATASETS:
@@ -67,7 +69,7 @@ def read_adata(path: str, *, where: str = "data.path") -> ad.AnnData:
     import anndata as ad
 
     try:
-        return ad.read_h5ad(file)
+        return ad.read_h5ad(file, backed="r") if backed else ad.read_h5ad(file)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise DataError(
@@ -202,14 +204,35 @@ def load_data(
         return _load_files(cfg, files, seed=seed, require_labels=require_labels)
     origin = "data.path" if where is None else where
     adata = read_adata(cfg.path, where=origin)  # type: ignore[arg-type]
-    part = _from_adata(
+    return loaded_from_adata(
         adata,
         cfg,
         name=Path(cfg.path).name,  # type: ignore[arg-type]
-        origin=origin,
         where=where,
         require_labels=require_labels,
         subsample_seed=seed,
+    )
+
+
+def loaded_from_adata(
+    adata: ad.AnnData,
+    cfg: DataConfig,
+    *,
+    name: str,
+    where: str | None = None,
+    require_labels: bool = True,
+    subsample_seed: int | None = None,
+) -> LoadedData:
+    """:func:`load_data` of one AnnData already in memory (e.g. a chunk of a backed file)."""
+    origin = "data.path" if where is None else where
+    part = _from_adata(
+        adata,
+        cfg,
+        name=name,
+        origin=origin,
+        where=where,
+        require_labels=require_labels,
+        subsample_seed=subsample_seed,
     )
     notes = part.notes
     if cfg.label_column is None:

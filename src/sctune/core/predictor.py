@@ -170,6 +170,9 @@ def query_gene_coverage(
     return share
 
 
+DEFAULT_CHUNK = 20_000  # cells read, tokenized and embedded at a time by ``sctune predict``
+
+
 def predict_h5ad(
     run_dir: Path,
     query: str,
@@ -179,8 +182,21 @@ def predict_h5ad(
     checkpoint: Path | None,
     batch_size: int | None,
     overwrite: bool = False,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> Path:
-    from sctune.core.data import load_data
+    """Annotate ``query`` in chunks of ``chunk_size`` cells (default :data:`DEFAULT_CHUNK`).
+
+    An ``.h5ad`` file is opened backed (``X`` stays on disk): each chunk of rows is read,
+    checked, tokenized, embedded and scored, and its embeddings are written straight into the
+    output, a copy of the query file, so memory does not grow with the number of cells. Each
+    chunk is tokenized with the run's seed, so a query of at most ``chunk_size`` cells gives
+    exactly what one pass over all of it gives (the run's own predictions on its own cells);
+    larger queries differ only in the random tie-breaking of equal expression bins.
+    """
+    from types import SimpleNamespace
+
+    from sctune.core.data import loaded_from_adata, read_adata
     from sctune.core.recipe import DataConfig, output_dir_problem
     from sctune.core.trainer import embed_and_score, make_accelerator
 
@@ -192,6 +208,8 @@ def predict_h5ad(
             f"--output: '{output}' already exists; nothing was overwritten",
             hint="choose another path, or pass --overwrite (overwrite=True) to replace that file",
         )
+    if chunk_size is not None and chunk_size < 1:
+        raise DataError(f"--chunk-size: {chunk_size} is not a positive number of cells")
     backbone, bcfg, asm, task, task_cfg, prepared, manifest, recipe = rebuild(
         run_dir, registry, checkpoint=checkpoint
     )
@@ -200,22 +218,17 @@ def predict_h5ad(
     where = "query"  # errors name the query argument, not the run's data.path
     if not str(query).strip():
         raise DataError("query: the query path is empty; give the .h5ad file to annotate")
-    data = load_data(
-        DataConfig(
-            path=query,
-            label_column=dcfg["label_column"],
-            gene_column=dcfg["gene_column"],
-            source=dcfg["source"],
-            kind=dcfg["kind"],
-        ),
-        seed=seed,
-        require_labels=False,
-        where=where,
+    cfg = DataConfig(
+        path=query,
+        label_column=dcfg["label_column"],
+        gene_column=dcfg["gene_column"],
+        source=dcfg["source"],
+        kind=dcfg["kind"],
     )
-    query_gene_coverage(run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"])
-    cells = backbone.tokenize(data.expression, bcfg, seed=seed)
-    from types import SimpleNamespace
-
+    src = read_adata(query, where=where, backed=True)
+    n = int(src.n_obs)
+    if n == 0 or src.n_vars == 0:  # the same message as an in-memory load gives
+        loaded_from_adata(src, cfg, name=Path(query).name, where=where, require_labels=False)
     trainer = recipe.get("trainer", {})  # the run's own inference settings, so outputs match it
     precision = str(trainer.get("precision", "32"))
     acc = make_accelerator(SimpleNamespace(precision=precision, device="auto"))
@@ -223,26 +236,153 @@ def predict_h5ad(
     asm.model.to(acc.device)
     for h in asm.merged_for_inference():
         h.merge()
-    emb, logits = embed_and_score(asm.model, cells, batch_size, acc)
-    if (run_dir / A.REFERENCE).is_file():  # zero-shot run: kNN against the saved reference
-        ref = A.load_tensors(run_dir / A.REFERENCE)
-        logits = task.transfer(
-            ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg
-        )
-    columns = task.annotate(logits, prepared)
-    from sctune.core.data import read_adata
-
-    out = read_adata(query, where=where)
-    for name, values in columns.items():  # the task's own columns
-        out.obs[name] = values
-    out.obsm["X_sctune"] = emb.astype(np.float32)
-    out.uns["sctune"] = {
-        "run_dir": str(run_dir),
-        "backbone": manifest["backbone"]["name"],
-        "adapters": [a["name"] for a in manifest["adapters"]],
-    }
+    ref = A.load_tensors(run_dir / A.REFERENCE) if (run_dir / A.REFERENCE).is_file() else None
+    chunk = chunk_size or DEFAULT_CHUNK
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
-    out.write_h5ad(tmp)
+    is_file = getattr(src, "isbacked", False)
+    writer = _H5Writer(Path(query), tmp) if is_file else None
+    columns: dict[str, list[Any]] = {}
+    embeddings: list[np.ndarray] = []
+    bar = _progress(progress, n)
+    import warnings
+
+    try:
+        with bar or _nothing(), warnings.catch_warnings():
+            warnings.simplefilter("once")  # a warning about the data: once, not per chunk
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                part = src[lo:hi].to_memory() if is_file else src[lo:hi]
+                data = loaded_from_adata(
+                    part, cfg, name=Path(query).name, where=where, require_labels=False
+                )
+                if lo == 0:
+                    query_gene_coverage(
+                        run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"]
+                    )
+                cells = backbone.tokenize(data.expression, bcfg, seed=seed)
+                emb, logits = embed_and_score(asm.model, cells, batch_size, acc)
+                if ref is not None:  # zero-shot run: kNN against the saved reference
+                    logits = task.transfer(
+                        ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg
+                    )
+                for name, values in task.annotate(logits, prepared).items():
+                    columns.setdefault(name, []).append(np.asarray(values))
+                if writer is not None:
+                    writer.embeddings(lo, n, emb.astype(np.float32))
+                else:
+                    embeddings.append(emb.astype(np.float32))
+                if bar is not None:
+                    bar.update(bar.task_ids[0], advance=hi - lo)
+        merged = {k: np.concatenate(v) for k, v in columns.items()}
+        uns = {
+            "run_dir": str(run_dir),
+            "backbone": manifest["backbone"]["name"],
+            "adapters": [a["name"] for a in manifest["adapters"]],
+        }
+        if writer is not None:
+            writer.finish(merged, uns)
+        else:
+            out = src
+            for name, values in merged.items():  # the task's own columns
+                out.obs[name] = values
+            out.obsm["X_sctune"] = np.concatenate(embeddings)
+            out.uns["sctune"] = uns
+            out.write_h5ad(tmp)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if is_file:
+            src.file.close()
     tmp.replace(output)  # atomic: a failed write leaves the old file
     return output
+
+
+class _H5Writer:
+    """The output h5ad: a byte copy of the query, then obs columns, obsm and uns edited in place.
+
+    Embeddings go to ``obsm/X_sctune`` chunk by chunk, so they are never all in memory.
+    """
+
+    def __init__(self, query: Path, target: Path) -> None:
+        import shutil
+
+        import h5py
+
+        shutil.copyfile(query, target)
+        self.file = h5py.File(target, "r+")
+        self.dataset: Any = None
+
+    def embeddings(self, lo: int, n: int, emb: np.ndarray) -> None:
+        if self.dataset is None:
+            obsm = self.file.require_group("obsm")
+            if not obsm.attrs:
+                obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+            if "X_sctune" in obsm:
+                del obsm["X_sctune"]
+            self.dataset = obsm.create_dataset(
+                "X_sctune", shape=(n, emb.shape[1]), dtype=np.float32,
+                chunks=(min(n, 4096), emb.shape[1]),
+            )  # fmt: skip
+            self.dataset.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+        self.dataset[lo : lo + len(emb)] = emb
+
+    def finish(self, columns: dict[str, np.ndarray], uns: dict[str, Any]) -> None:
+        import pandas as pd
+
+        try:
+            from anndata.io import read_elem, write_elem
+        except ImportError:  # anndata < 0.11
+            from anndata.experimental import read_elem, write_elem  # type: ignore[no-redef]
+
+        obs = read_elem(self.file["obs"])
+        for name, values in columns.items():
+            obs[name] = pd.Categorical(values) if values.dtype.kind in "OUS" else values
+        del self.file["obs"]
+        write_elem(self.file, "obs", obs)
+        group = self.file.require_group("uns")
+        if not group.attrs:
+            group.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
+        if "sctune" in group:
+            del group["sctune"]
+        write_elem(group, "sctune", uns)
+        self.close()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    """A rich progress bar over cells, on an interactive stderr only."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("annotating"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
+    )  # fmt: skip
+    bar.add_task("cells", total=total)
+    return bar
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: Any) -> None:
+        return None

@@ -170,6 +170,16 @@ class DataConfig(_Strict):
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     max_cells: int | None = Field(None, ge=1, description="random subsample for quick runs")
+    cache_tokens: bool = Field(
+        True,
+        description="keep the tokenized cells on disk, keyed by data, vocabulary and tokenizer "
+        "settings, so reruns and benchmark grids skip tokenization",
+    )
+    cache_dir: str | None = Field(
+        None,
+        min_length=1,
+        description="token cache folder; null = $SCTUNE_CACHE_DIR or ~/.cache/sctune",
+    )
 
     @field_validator("path", mode="before")
     @classmethod
@@ -223,6 +233,23 @@ class TrainerConfig(_Strict):
     tensorboard: bool = False
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; null = torch default"
+    )
+    length_bucketing: bool = Field(
+        True,
+        description="batch cells of similar token count (sorted within shuffled pools of "
+        "bucket_pool batches, batches in random order): less padding, still stochastic; "
+        "false = plain shuffling",
+    )
+    bucket_pool: int = Field(
+        50, ge=1, description="length_bucketing: batches per sorted pool (more: less padding)"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (GPU; the first steps compile, slowly)"
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="recompute each transformer layer in the backward pass: less memory for "
+        "long sequences (Geneformer 2,048/4,096 tokens), about a third more compute",
     )
 
     @field_validator("precision", mode="before")
@@ -894,6 +921,16 @@ def validate_recipe(data: Mapping[str, Any], registry: Any, *, source: str = "<r
     if chosen["task"]:
         task_cls = registry.entries["task"][chosen["task"][0].name].cls
         problems += _task_problems(data, task_cls)
+        if backbone is not None:
+            needs = set(task_cls.requires_for(chosen["task"][0].config))
+            lacking = needs - set(registry.entries["backbone"][backbone.name].cls.provides)
+            if lacking:
+                problems.append(
+                    f"task: '{task_cls.name}' with these options needs "
+                    f"{quoted(str(c) for c in lacking)}, which backbone '{backbone.name}' does "
+                    "not provide"
+                )
+                compat.append(problems[-1])
         for n in names:
             if not registry.entries["adapter"][n].cls.trains and not task_cls.zero_shot:
                 problems.append(

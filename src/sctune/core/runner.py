@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,17 @@ def prepare_inputs(
             "numbers measure the architecture + adapter, not pretrained knowledge"
         )
     _refuse_untrained_stems(backbone, bcfg, adapters)
-    tokens = backbone.tokenize(expr, bcfg, seed=seed)
+    from sctune.core.tokencache import tokenize_cached
+
+    tokens = tokenize_cached(
+        backbone,
+        expr,
+        bcfg,
+        seed=seed,
+        enabled=rec.data.cache_tokens,
+        cache_dir=rec.data.cache_dir,
+        log=say,
+    )
     if tokens.gene_match is not None:
         say(f"genes: {tokens.gene_match.summary()}")
     prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs, expression=expr)
@@ -220,6 +231,8 @@ def execute(
         config=rec.task.config,
         out_dir=run_dir if rec.envelope.output.plots else None,
     )
+    if inp.task.exports_backbone(rec.task.config):
+        test_metrics["export"] = export_backbone(inp, ctx, run_dir / EXPORT_DIR, log=log)
     metrics = _write_run(rec, inp, ctx, registry, run_dir, fit_result, outputs, test_metrics)
     log(f"test: {inp.task.summary(test_metrics)}  ({len(test)} cells)")  # 5. files
     sizes = metrics["artifact_bytes"]
@@ -230,6 +243,94 @@ def execute(
     )
     files = {p.name: p for p in sorted(run_dir.iterdir())}
     return RunResult(run_dir, metrics, files, context=ctx)  # api.run calls sctune_after_run
+
+
+EXPORT_DIR = "pretrained"
+"""Where a run whose task exports the backbone writes it (real checkpoint format)."""
+
+
+def export_backbone(
+    inp: Inputs, ctx: Any, out_dir: Path, *, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Write the trained backbone in its real checkpoint format and check that it loads.
+
+    Adapters that fold into the weights (LoRA) are merged first; an adapter that adds tensors the
+    real format has no place for (prompts, bottlenecks) stops the export with a note (the run
+    directory still holds the adapter for ``sctune predict``). The masked-modelling decoder goes
+    in under the real checkpoint's names. The options that load the result are written to
+    ``backbone.yaml`` and returned with the strict-load report of a fresh build from them.
+    """
+    import torch
+
+    from sctune.core.objective import EncoderHead
+
+    asm = ctx.assembled
+    module = asm.model.backbone
+    with torch.device("meta"):
+        keys = set(inp.backbone.build(inp.bcfg, load_weights=False).state_dict())
+    owner = {id(p): h for h in asm.handles for p in h.parameters}
+    extra = [n for n in asm.adapter_names if n.removeprefix("backbone.") not in keys]
+    handles = {id(owner[id(asm.trainable[n])]): owner[id(asm.trainable[n])] for n in extra}
+    stuck = sorted({h.name for h in handles.values() if h.merge is None})
+    if stuck:
+        note = (
+            f"not exported: adapter {', '.join(stuck)} adds tensors that the backbone's own "
+            "checkpoint format has no place for (use adapter 'full' or 'lora' to export)"
+        )
+        log(note)
+        return {"exported": False, "note": note}
+    for h in handles.values():
+        h.merge()  # type: ignore[misc]
+    try:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items() if k in keys}
+    finally:
+        for h in handles.values():
+            h.unmerge()  # type: ignore[misc]
+    head = asm.model.head
+    decoder = (
+        head.objective.checkpoint_state()
+        if isinstance(head, EncoderHead) and head.objective is not None
+        else None
+    )
+    try:
+        options = inp.backbone.export_checkpoint(state, inp.bcfg, out_dir, decoder=decoder)
+    except NotImplementedError as exc:
+        note = f"not exported: {exc}"
+        log(note)
+        return {"exported": False, "note": note}
+    check = inp.backbone.build(inp.bcfg.model_copy(update=options))
+    report = getattr(check, "load_report", None)
+    summary = report.summary() if hasattr(report, "summary") else report
+    written = {**state, **(decoder or {})}
+    fresh = tuple(f"{m}." for m in getattr(module, "fresh_modules", ()))
+    same = all(
+        torch.equal(v.cpu(), written[k])
+        for k, v in check.state_dict().items()
+        if k in written and not k.startswith(fresh)
+    )
+    if not same:
+        raise RuntimeError("the exported checkpoint does not reload to the trained weights")
+
+    def rel(value: Any, base: Path) -> Any:
+        path = Path(value) if isinstance(value, str) else None
+        return os.path.relpath(value, base) if path is not None and path.is_absolute() else value
+
+    relative = {k: rel(v, out_dir) for k, v in options.items()}
+    (out_dir / "backbone.yaml").write_text(
+        "# the backbone options that load this checkpoint; paths are relative to this folder\n"
+        + yaml.safe_dump({"backbone": {"name": inp.backbone.name, **relative}}, sort_keys=False)
+    )
+    files = sorted(p.name for p in out_dir.iterdir())
+    log(f"exported the backbone in its real format to {out_dir} ({', '.join(files)})")
+    return {
+        "exported": True,
+        "folder": EXPORT_DIR,
+        "files": files,
+        "options": {k: rel(v, out_dir.parent) for k, v in options.items()},
+        "decoder_tensors": len(decoder or {}),
+        "reload": str(summary) if summary is not None else "built",
+        "reloads_identically": same,
+    }
 
 
 def _build_model(
@@ -282,6 +383,7 @@ def _train(rec: Any, inp: Inputs, ctx: Any, registry: Any, *, progress: bool, re
     asm, run_dir, split = ctx.assembled, ctx.run_dir, inp.split
     cache = (  # the backbone stays as built: embed once, train the head on the cache
         all(a.uses_cached_embeddings(c) for a, c in inp.adapters)
+        and inp.task.head_input == "cell"
         and not asm.adapter_names
         and not any(n for n in asm.head_names if not n.startswith("head."))
     )

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from sctune.core.capabilities import Capability
     from sctune.core.cells import Expression
     from sctune.core.config import PluginConfig
 
@@ -77,9 +78,21 @@ class Task(ABC):
     config_cls: ClassVar[type[PluginConfig]]
     description: ClassVar[str] = ""
     monitors: ClassVar[dict[str, Direction]] = {}
+    head_input: ClassVar[Literal["cell", "encoder"]] = "cell"
+    """``"cell"``: :meth:`head` maps the cell embedding ``(batch, hidden)``. ``"encoder"``: it
+    returns a :class:`sctune.core.objective.EncoderHead`, which reads every token's output and
+    may train the backbone's masked-modelling objective; the engine then never caches
+    embeddings (head-only runs the frozen backbone each step)."""
     zero_shot: ClassVar[bool] = False
     """True when :meth:`transfer` is implemented, so methods that train nothing
     (``zero_shot``) can run with this task; validate refuses the pair otherwise."""
+
+    @classmethod
+    def requires_for(cls, config: PluginConfig) -> frozenset[Capability]:
+        """Capabilities the backbone must provide for this task with ``config`` (e.g.
+        ``Capability.MASKED_MODELLING`` for a task that trains the backbone's masked objective);
+        checked at validate time. Default: none."""
+        return frozenset()
 
     @classmethod
     def example_config(cls) -> dict[str, object]:
@@ -133,13 +146,20 @@ class Task(ABC):
 
     @abstractmethod
     def head(self, hidden_size: int, prepared: Any, config: PluginConfig) -> nn.Module:
-        """A new head mapping the cell embedding ``(batch, hidden)`` to outputs."""
+        """A new head mapping the cell embedding ``(batch, hidden)`` to outputs (an
+        :class:`~sctune.core.objective.EncoderHead` when :attr:`head_input` is ``"encoder"``)."""
 
     @abstractmethod
     def loss(
         self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any, config: PluginConfig
     ) -> torch.Tensor:
         """The training loss of head outputs ``logits`` against integer ``targets``."""
+
+    def exports_backbone(self, config: PluginConfig) -> bool:
+        """True when a run with ``config`` writes the trained backbone in its real checkpoint
+        format (``Backbone.export_checkpoint``) into ``<run>/pretrained`` (pretraining).
+        Default: False."""
+        return False
 
     def sample_weights(self, prepared: Any, config: PluginConfig) -> np.ndarray | None:
         """Per-training-cell sampling weights for a weighted sampler, or ``None`` to shuffle."""

@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    Sampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from sctune.core.assembly import Assembled
 from sctune.core.audit import GradientAudit, audit_gradients
@@ -53,7 +59,119 @@ def make_accelerator(trainer_cfg: Any) -> Any:
     )
     if cpu and mp == "fp16":
         mp = "no"  # fp16 autocast is a GPU feature; bf16 works on CPU
-    return Accelerator(cpu=cpu, mixed_precision=mp)
+    from accelerate.utils import DataLoaderConfiguration
+
+    # split_batches: under N processes each step's batch of batch_size cells is split N ways, so
+    # N processes take the same steps on the same batches as one process (not N times fewer
+    # steps on N times larger batches)
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+
+
+class GlobalBatchNorm1d(torch.nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics span the batch on every process (DDP).
+
+    ``torch.nn.SyncBatchNorm`` refuses CPU tensors (gloo), so this all-reduces the per-feature
+    sums, sums of squares and counts with an autograd-aware all-reduce, on any device. Outside
+    distributed training (or in eval mode) it is a plain BatchNorm1d; parameters, buffers and
+    state-dict keys are BatchNorm1d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        if dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        xf = x.float()
+        count = xf.new_tensor([float(x.shape[0])])
+        stats = all_reduce(torch.cat([xf.sum(0), (xf * xf).sum(0), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats and self.running_mean is not None:
+            m = self.momentum if self.momentum is not None else 0.1
+            with torch.no_grad():
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * n / (n - 1).clamp_min(1.0)
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)  # type: ignore[union-attr]
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        y = (xf - mean) / torch.sqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(x.dtype)
+
+
+def globalise_batchnorm(module: torch.nn.Module) -> int:
+    """Turn every ``BatchNorm1d`` in ``module`` into :class:`GlobalBatchNorm1d` in place (the
+    class changes, the tensors stay); returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is torch.nn.BatchNorm1d:
+            m.__class__ = GlobalBatchNorm1d
+            n += 1
+    return n
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of cells of similar length, in random order: less padding, still stochastic.
+
+    Each epoch draws an order of the cells from ``generator`` (a permutation, or with
+    ``weights`` a weighted draw with replacement, as ``WeightedRandomSampler``), cuts it into
+    pools of ``pool_batches`` batches, sorts each pool by length jittered by up to ``jitter``
+    (10 %: cells of similar length land in different batches every epoch), cuts the pool into
+    batches and shuffles the batches, keeping a short batch (if any) last, where a
+    multi-process split expects it. Every cell of an epoch's draw is in exactly one batch; all
+    randomness comes from ``generator`` at the start of the epoch, so saving its state between
+    epochs resumes the exact sequence.
+    """
+
+    drop_last = False
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        generator: torch.Generator,
+        *,
+        weights: np.ndarray | None = None,
+        pool_batches: int = 50,
+        jitter: float = 0.1,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.float64)
+        self.jitter = jitter
+        self.batch_size = batch_size
+        self.generator = generator
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.pool = max(1, pool_batches) * batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+        else:
+            order = torch.randperm(n, generator=self.generator)
+        idx = order.numpy()
+        noise = torch.rand(n, generator=self.generator, dtype=torch.float64).numpy()
+        key = self.lengths[idx] * (1.0 + self.jitter * (2.0 * noise - 1.0))
+        batches: list[np.ndarray] = []
+        for start in range(0, n, self.pool):
+            pool = np.argsort(key[start : start + self.pool], kind="stable") + start
+            batches += [idx[pool[i : i + bs]] for i in range(0, len(pool), bs)]
+        shuffled = [batches[b] for b in torch.randperm(len(batches), generator=self.generator)]
+        shuffled.sort(key=lambda b: len(b) < bs)  # stable: only a short batch moves to the end
+        for batch in shuffled:
+            yield batch.tolist()
 
 
 def _loader(
@@ -64,8 +182,16 @@ def _loader(
     shuffle: bool = False,
     weights: np.ndarray | None = None,
     generator: torch.Generator | None = None,
+    lengths: np.ndarray | None = None,
+    pool_batches: int = 50,
 ) -> DataLoader:
+    """Shuffled (optionally weighted) batches; with ``lengths``, length-bucketed ones."""
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if shuffle and lengths is not None:
+        bucketed = LengthBucketSampler(
+            lengths, batch, gen, weights=weights, pool_batches=pool_batches
+        )
+        return DataLoader(ds, batch_sampler=bucketed, collate_fn=collate)
     sampler = None
     if weights is not None:
         sampler = WeightedRandomSampler(
@@ -101,6 +227,55 @@ class _Indexed(Dataset):
         batch = self.cells.collate([x for x, _ in items])
         batch["targets"] = torch.as_tensor(self.targets[[i for _, i in items]])
         return batch
+
+
+def checkpoint_units(backbone: Any) -> list[Any]:
+    """The modules activation checkpointing recomputes: each transformer layer the backbone calls.
+
+    scGPT: every encoder layer (``backbone.layers``); scBERT: every attention and feed-forward
+    module of its ``(attention, feed-forward)`` pairs; Geneformer (HF BERT, whose layers the
+    backbone calls piecewise): every layer's ``attention``, ``intermediate`` and ``output``.
+    """
+    from torch import nn
+
+    bert = getattr(backbone, "bert", None)
+    if bert is not None and hasattr(bert, "encoder"):
+        return [
+            getattr(layer, part)
+            for layer in bert.encoder.layer
+            for part in ("attention", "intermediate", "output")
+        ]
+    layers = getattr(backbone, "layers", None)
+    if layers is None:
+        return []
+    units: list[Any] = []
+    for block in layers:
+        if isinstance(block, (nn.ModuleList, nn.Sequential)):
+            units.extend(block)
+        else:
+            units.append(block)
+    return units
+
+
+def enable_activation_checkpointing(backbone: Any) -> int:
+    """Recompute :func:`checkpoint_units` in the backward pass (training only); returns their
+    number. Parameters and state-dict keys are unchanged; dropout masks are replayed exactly."""
+    from torch.utils.checkpoint import checkpoint
+
+    units = checkpoint_units(backbone)
+    for unit in units:
+        if getattr(unit, "_sctune_checkpointed", False):
+            continue
+        original = unit.forward
+
+        def forward(*args: Any, _f: Callable = original, _m: Any = unit, **kwargs: Any) -> Any:
+            if _m.training and torch.is_grad_enabled():
+                return checkpoint(_f, *args, use_reentrant=False, **kwargs)
+            return _f(*args, **kwargs)
+
+        unit.forward = forward
+        unit._sctune_checkpointed = True
+    return len(units)
 
 
 def _split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -186,6 +361,7 @@ def fit(
         collate = train_ds.collate
         net = model
     sampler_gen = torch.Generator().manual_seed(seed)
+    bucketing = getattr(trainer_cfg, "length_bucketing", False) and not cache_embeddings
     train_dl = _loader(
         train_ds,
         trainer_cfg.batch_size,
@@ -193,9 +369,19 @@ def fit(
         shuffle=True,
         weights=weights,
         generator=sampler_gen,
+        lengths=train.lengths() if bucketing and hasattr(train, "lengths") else None,
+        pool_batches=getattr(trainer_cfg, "bucket_pool", 50),
     )
-    valid_dl = _loader(valid_ds, trainer_cfg.eval_batch_size, getattr(valid_ds, "collate", None))
+    eval_batch = -(-trainer_cfg.eval_batch_size // acc.num_processes) * acc.num_processes
+    valid_dl = _loader(valid_ds, eval_batch, getattr(valid_ds, "collate", None))
 
+    if acc.num_processes > 1:
+        _check_split(trainer_cfg.batch_size, acc.num_processes)
+        globalise_batchnorm(net)  # statistics over the whole batch, not each process's part
+    if getattr(trainer_cfg, "activation_checkpointing", False) and not cache_embeddings:
+        enable_activation_checkpointing(model.backbone)
+    if getattr(trainer_cfg, "compile", False):
+        net.compile()  # in place: parameter names and state-dict keys stay as they are
     params = [p for p in net.parameters() if p.requires_grad]
     ocfg = trainer_cfg.optimizer
     opt_cls = torch.optim.AdamW if ocfg.name == "adamw" else torch.optim.Adam
@@ -247,7 +433,12 @@ def fit(
         for epoch in range(first_epoch, 0 if stopped else trainer_cfg.epochs):
             net.train()
             losses, seen = 0.0, 0
+            tokens, slots = 0, 0  # real and padded token positions: the padding fraction
             for batch in train_dl:
+                if isinstance(batch, dict) and "padding_mask" in batch:
+                    pad = batch["padding_mask"]
+                    slots += pad.numel()
+                    tokens += pad.numel() - int(pad.sum())
                 with acc.autocast():
                     out = forward(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -276,6 +467,8 @@ def fit(
                 "train/loss": losses / max(seen, 1),
                 "lr": optimizer.param_groups[0]["lr"],
             }
+            if slots:
+                metrics["train/padding_fraction"] = 1.0 - tokens / slots
             metrics.update(_validate(net, valid_dl, forward, acc, task, prepared, task_cfg))
             metrics["seconds"] = time.perf_counter() - start
             history.append(metrics)
@@ -330,6 +523,18 @@ def fit(
         acc.unwrap_model(net).load_state_dict(best_state, strict=False)
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return FitResult(history, best_epoch, audit, time.perf_counter() - start, peak)
+
+
+def _check_split(batch_size: int, processes: int) -> None:
+    from sctune.core.errors import RecipeError
+
+    if batch_size % processes:
+        raise RecipeError(
+            f"trainer.batch_size: {batch_size} cells cannot be split evenly over {processes} "
+            f"processes (each step's batch is shared out, so it must be a multiple of "
+            f"{processes})",
+            hint=f"set trainer.batch_size to e.g. {-(-batch_size // processes) * processes}",
+        )
 
 
 def _trainable_state(module: Any) -> dict[str, torch.Tensor]:

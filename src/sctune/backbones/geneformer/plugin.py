@@ -17,9 +17,11 @@ from sctune.core.capabilities import Capability
 from sctune.core.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from sctune.core.cells import Expression, GeneMatch, TokenizedCells
+    from sctune.core.objective import MaskedModelling
     from sctune.core.surfaces import Surfaces
 
 NOTES = {
@@ -69,6 +71,76 @@ class GeneformerBackbone(Backbone):
         from sctune.backbones.geneformer.weights import count_parameters
 
         return count_parameters(self.bert_config(config), mlm_head=mlm_head)
+
+    def masked_modelling(self, module: nn.Module, config: GeneformerConfig) -> MaskedModelling:
+        from sctune.backbones.geneformer import weights
+        from sctune.backbones.geneformer.dictionaries import load_token_dictionary
+        from sctune.backbones.geneformer.objective import GeneformerMaskedTokens
+
+        if not config.token_dictionary:
+            raise CheckpointError("masked-token prediction needs backbone.token_dictionary")
+        tokens = load_token_dictionary(config.token_dictionary)
+        if "<mask>" not in tokens:
+            raise CheckpointError(
+                f"geneformer token dictionary '{config.token_dictionary}' has no '<mask>' token",
+                hint="Geneformer token dictionaries start with '<pad>' = 0 and '<mask>' = 1",
+            )
+        specials = [v for k, v in tokens.items() if k.startswith("<") and k.endswith(">")]
+        objective = GeneformerMaskedTokens(
+            module.bert.config,
+            pad_id=tokens["<pad>"],
+            mask_id=tokens["<mask>"],
+            special_ids=tuple(module.special_ids),
+            first_gene_id=max(specials) + 1,
+        )
+        loaded = False
+        if config.checkpoint:
+            state = weights.read_state_dict(weights.weight_file(config.checkpoint))
+            loaded = objective.load(state)
+        if not loaded:
+            objective.tie_to(module.bert.embeddings.word_embeddings.weight.detach())
+        objective.loaded_from_checkpoint = loaded
+        return objective.to(module.bert.embeddings.word_embeddings.weight.device)
+
+    def export_checkpoint(
+        self,
+        state: dict[str, torch.Tensor],
+        config: GeneformerConfig,
+        out_dir: Path,
+        *,
+        decoder: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """A ``BertForMaskedLM`` folder (config.json + model.safetensors, ``cls.predictions``
+        included) plus the token and median dictionaries as JSON."""
+        import json
+        import shutil
+
+        from safetensors.torch import save_file
+
+        from sctune.backbones.geneformer.dictionaries import dictionary_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.bert_config(config).to_dict()  # type: ignore[attr-defined]
+        emb = state["bert.embeddings.word_embeddings.weight"]
+        cfg.update(vocab_size=int(emb.shape[0]), architectures=["BertForMaskedLM"])
+        cfg.pop("_attn_implementation_autoset", None)
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        tensors = {
+            k: v.detach().cpu().contiguous()
+            for k, v in {**state, **(decoder or {})}.items()
+            if k.startswith(("bert.", "cls.")) and k != "bert.embeddings.position_ids"
+        }
+        save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+        options = {"checkpoint": str(out_dir)}
+        for key in ("token_dictionary", "gene_median_dictionary", "gene_name_id_dict"):
+            path = getattr(config, key)
+            src = dictionary_file(path, key) if path else None
+            if src is not None and Path(src).is_file():
+                dest = out_dir / Path(src).name
+                shutil.copyfile(src, dest)
+                options[key] = str(dest)
+        return options
 
     def reference_parameter_count(self, config: GeneformerConfig) -> int | None:
         return self.parameter_count(config, mlm_head=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sctune import hookimpl
 from sctune.backbones.scbert.config import ScBERTConfig
@@ -14,10 +14,12 @@ from sctune.core.capabilities import Capability
 from sctune.core.errors import CheckpointError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from sctune.core.cells import Expression, GeneMatch, TokenizedCells
     from sctune.core.config import PluginConfig
+    from sctune.core.objective import MaskedModelling
     from sctune.core.surfaces import Surfaces
 
 NOTES = {
@@ -129,6 +131,52 @@ class ScBERTBackbone(Backbone):
         module = self.build(config, load_weights=False)  # meta device
         stem = sum(p.numel() for p in module.stem.parameters()) if module.stem is not None else 0
         return sum(p.numel() for p in module.parameters()) - stem
+
+    def masked_modelling(self, module: nn.Module, config: PluginConfig) -> MaskedModelling:
+        from sctune.backbones.scbert.objective import ScBERTMaskedBins
+
+        objective = ScBERTMaskedBins(int(module.dim), int(module.n_genes))
+        objective.to_out.load_state_dict(module.to_out.state_dict())
+        objective.loaded_from_checkpoint = _cfg(config).checkpoint is not None
+        return objective.to(module.to_out.weight.device)
+
+    def export_checkpoint(
+        self,
+        state: dict[str, torch.Tensor],
+        config: PluginConfig,
+        out_dir: Path,
+        *,
+        decoder: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """scBERT's ``{"model_state_dict": ...}`` .pth (LM head ``to_out`` from the decoder),
+        plus the gene order and gene2vec files it needs."""
+        import shutil
+
+        import torch
+
+        from sctune.backbones.scbert.weights import _SLOT_KEY
+
+        cfg = _cfg(config)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            k: v.detach().cpu().clone()
+            for k, v in {**state, **(decoder or {})}.items()
+            if not k.startswith("stem.") and not _SLOT_KEY.search(k)
+        }
+        weights = out_dir / "scbert_pretrained.pth"
+        torch.save({"model_state_dict": tensors}, weights)
+        options: dict[str, Any] = {"checkpoint": str(weights)}
+        options.update({k: getattr(cfg, k) for k in ("dim", "depth", "heads", "dim_head")})
+        if cfg.nb_features is not None:
+            options["nb_features"] = cfg.nb_features
+        for key in ("gene_order", "gene2vec"):
+            src = getattr(cfg, key)
+            if src is not None and Path(src).is_file():
+                dest = out_dir / Path(src).name
+                shutil.copyfile(src, dest)
+                options[key] = str(dest)
+        return options
 
     def gene_match(self, genes: Sequence[str], config: PluginConfig) -> GeneMatch:
         from sctune.backbones.scbert.tokenizer import match_genes

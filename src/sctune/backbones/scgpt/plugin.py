@@ -18,9 +18,11 @@ from sctune.core.capabilities import Capability
 from sctune.core.errors import CheckpointError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from sctune.core.cells import Expression, GeneMatch, TokenizedCells
+    from sctune.core.objective import MaskedModelling
     from sctune.core.surfaces import Surfaces
 
 NOTES = {
@@ -70,7 +72,7 @@ class ScGPTBackbone(Backbone):
     def _arch(self, config: ScGPTConfig) -> dict[str, Any]:
         """Architecture and padding from args.json (checkpoint) or the config (random init)."""
         arch: dict[str, Any] = {k: getattr(config, k) for k in ARCH_FIELDS}
-        arch.update(pad_token="<pad>", pad_value=-2.0)
+        arch.update(pad_token="<pad>", pad_value=-2.0, mask_value=-1.0)
         if config.checkpoint is None:
             return arch
         from sctune.backbones.scgpt.weights import read_args
@@ -90,6 +92,7 @@ class ScGPTBackbone(Backbone):
         arch.update({k: int(args[k]) for k in ARCH_FIELDS})
         arch["pad_token"] = str(args.get("pad_token", "<pad>"))
         arch["pad_value"] = float(args.get("pad_value", -2))
+        arch["mask_value"] = float(args.get("mask_value", -1))
         return arch
 
     # ---- Backbone API ----------------------------------------------------------------------
@@ -117,6 +120,43 @@ class ScGPTBackbone(Backbone):
                 module, Path(config.checkpoint), vocab_size(vocab)
             )
         return module
+
+    def masked_modelling(self, module: nn.Module, config: ScGPTConfig) -> MaskedModelling:
+        from sctune.backbones.scgpt.objective import ScGPTMaskedExpression
+        from sctune.backbones.scgpt.weights import read_state
+
+        arch = self._arch(config)
+        objective = ScGPTMaskedExpression(
+            int(module.hidden_size), pad_id=int(module.pad_id), mask_value=arch["mask_value"]
+        )
+        if config.checkpoint is not None:
+            objective.loaded_from_checkpoint = objective.load(read_state(Path(config.checkpoint)))
+        return objective.to(next(module.parameters()).device)
+
+    def export_checkpoint(
+        self,
+        state: dict[str, torch.Tensor],
+        config: ScGPTConfig,
+        out_dir: Path,
+        *,
+        decoder: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """args.json + vocab.json + best_model.pt (flash attention key layout, decoder keys
+        included), as scGPT's own training writes them."""
+        from sctune.backbones.scgpt.weights import write_checkpoint
+
+        arch = self._arch(config)
+        args = {k: arch[k] for k in ARCH_FIELDS}
+        args.update(
+            pad_token=arch["pad_token"],
+            pad_value=arch["pad_value"],
+            mask_value=arch["mask_value"],
+            n_bins=config.n_bins,
+            input_emb_style="continuous",
+            dropout=config.dropout,
+        )
+        write_checkpoint(out_dir, {**state, **(decoder or {})}, args, self._vocab(config))
+        return {"checkpoint": str(Path(out_dir))}
 
     def reference_parameter_count(self, config: ScGPTConfig) -> int | None:
         """scGPT's TransformerModel of this shape without MVC and ClsDecoder: the encoder plus the

@@ -188,6 +188,12 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load ``folder/best_model.pt`` (``weights_only=True``) into ``model``."""
     path = Path(folder) / WEIGHTS
+    return load_state(model, read_state(folder), path=str(path), n_vocab_entries=n_vocab_entries)
+
+
+def read_state(folder: Path) -> Mapping[str, torch.Tensor]:
+    """The raw state_dict of ``folder/best_model.pt`` (``weights_only=True``)."""
+    path = Path(folder) / WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"checkpoint folder '{folder}' has no '{WEIGHTS}'")
     try:
@@ -200,7 +206,7 @@ def load_checkpoint(
         state = state["model_state_dict"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"'{path}' holds a {type(state).__name__}, not a state_dict")
-    return load_state(model, state, path=str(path), n_vocab_entries=n_vocab_entries)
+    return state
 
 
 _LAYOUT_RENAMES: dict[str, list[tuple[str, str]]] = {

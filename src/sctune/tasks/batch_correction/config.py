@@ -13,6 +13,17 @@ class BatchCorrectionConfig(PluginConfig):
     batch_column: str = Field(
         "batch", description="adata.obs column naming each cell's batch (at least 2 batches)"
     )
+    gep: bool = Field(
+        True,
+        description="GEP: mask a fraction of each cell's input tokens and predict them from the "
+        "encoder's per-token outputs with the backbone's own masked objective (scGPT: masked "
+        "expression values, MSE; Geneformer: masked rank tokens, cross-entropy; scBERT: masked "
+        "expression bins, cross-entropy)",
+    )
+    gep_weight: float = Field(1.0, ge=0, description="weight of the GEP term")
+    mask_ratio: float = Field(
+        0.4, gt=0, lt=1, description="fraction of each cell's tokens masked for GEP (scPEFT: 0.4)"
+    )
     gepc: bool = Field(
         True,
         description="GEPC-style objective: reconstruct each cell's log-normalised expression of "

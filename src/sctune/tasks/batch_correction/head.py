@@ -1,7 +1,7 @@
-"""The integration head and objectives on the cell embedding (plain torch, no sctune imports).
+"""The integration head and objectives on the encoder output.
 
-The head returns one tensor ``[normalised embedding | batch logits | reconstruction]``; the loss
-splits it (:func:`split_outputs`).
+The head returns one tensor ``[normalised embedding | batch logits | reconstruction | GEP]``;
+the loss splits it (:func:`split_outputs`, :func:`gep_columns`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sctune.core.cells import EncoderOutput
+from sctune.core.objective import EncoderHead, Masked
 
 
 class _GradReverse(torch.autograd.Function):
@@ -42,10 +45,12 @@ class AdversarialDiscriminator(nn.Module):
         return self.out_layer(self._decoder(x))
 
 
-class IntegrationHead(nn.Module):
-    """Cell embedding ``(B, d)`` -> ``[unit embedding (d) | batch logits (n_batches) | expr (n_hvg)]``.
+class IntegrationHead(EncoderHead):
+    """Encoder output -> ``[unit embedding (d) | batch logits | expr (n_hvg) | GEP (2)]``.
 
-    ``n_batches`` 0 drops the discriminator (DAR off); ``n_hvg`` 0 drops the decoder (GEPC off).
+    ``n_batches`` 0 drops the discriminator (DAR off); ``n_hvg`` 0 drops the decoder (GEPC off);
+    ``gep`` False drops the two GEP columns (summed masked loss, number of masked tokens), which
+    come from the backbone's masked-modelling objective on the per-token outputs.
     """
 
     def __init__(
@@ -54,10 +59,12 @@ class IntegrationHead(nn.Module):
         n_batches: int,
         n_hvg: int,
         *,
+        gep: bool = False,
+        mask_ratio: float | None = None,
         discriminator_layers: int = 3,
         grl_lambda: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(masked_modelling=gep, mask_ratio=mask_ratio)
         self.grl_lambda = grl_lambda
         self.discriminator = (
             AdversarialDiscriminator(d_model, n_batches, discriminator_layers)
@@ -70,21 +77,41 @@ class IntegrationHead(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, out: EncoderOutput, batch: dict[str, torch.Tensor], masked: Masked | None
+    ) -> torch.Tensor:
+        x = out.cell
         parts = [F.normalize(x, p=2, dim=1)]
         if self.discriminator is not None:
             parts.append(self.discriminator(grad_reverse(x, self.grl_lambda)))
         if self.decoder is not None:
             parts.append(self.decoder(x))
+        if self.masked_modelling:
+            if masked is None or self.objective is None or out.tokens is None:
+                parts.append(x.new_zeros(x.shape[0], 2))
+            else:
+                loss, count, _ = self.objective.per_cell(self.objective.decode(out.tokens), masked)
+                parts.append(torch.stack([loss, count], dim=1).to(x.dtype))
         return torch.cat(parts, dim=1)
+
+    def merge(self, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+        """Everything from the clean cells, the GEP columns from their corrupted copy."""
+        return torch.cat([clean[:, :-2], corrupted[:, -2:]], dim=1)
 
 
 def split_outputs(
-    out: torch.Tensor, n_batches: int, n_hvg: int
+    out: torch.Tensor, n_batches: int, n_hvg: int, gep: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(unit embedding, batch logits, reconstruction)`` from the head's concatenated output."""
-    d = out.shape[1] - n_batches - n_hvg
-    return out[:, :d], out[:, d : d + n_batches], out[:, d + n_batches :]
+    """``(unit embedding, batch logits, reconstruction)`` from the head's concatenated output
+    (the GEP columns, when ``gep``, are the last two: :func:`gep_columns`)."""
+    extra = 2 if gep else 0
+    d = out.shape[1] - n_batches - n_hvg - extra
+    return out[:, :d], out[:, d : d + n_batches], out[:, d + n_batches : d + n_batches + n_hvg]
+
+
+def gep_columns(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(summed masked loss, masked token count)`` per cell: the head's last two columns."""
+    return out[:, -2], out[:, -1]
 
 
 def ecs_loss(unit: torch.Tensor, threshold: float = 0.8) -> torch.Tensor:

@@ -1,7 +1,10 @@
-"""Batch correction: scGPT's integration objectives on the cell embedding (GEPC, ECS, DAR).
+"""Batch correction: scGPT's integration objectives (GEP, GEPC, ECS, DAR), on any backbone.
 
-The head maps the cell embedding to ``[unit embedding | batch logits | HVG reconstruction]``;
-the loss is ``gepc_weight * MSE + ecs_weight * ECS + dar_weight * CE(batch)``, with the batch
+The head reads the encoder output: GEP predicts masked input tokens from the per-token outputs
+with the backbone's own masked objective (:class:`sctune.core.objective.MaskedModelling`); GEPC,
+ECS and DAR act on the cell embedding. Head outputs per cell:
+``[unit embedding | batch logits | HVG reconstruction | GEP loss sum, masked count]``; the loss
+is ``gep_weight * GEP + gepc_weight * MSE + ecs_weight * ECS + dar_weight * CE(batch)``, with the batch
 discriminator behind a gradient reversal layer, so the backbone's adapters learn embeddings the
 discriminator cannot tell apart by batch. Test cells are scored with scib-metrics for sctune's
 embedding and, on the same cells, for the uncorrected PCA of log-normalised HVGs and Harmony.
@@ -20,11 +23,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from sctune import hookimpl
+from sctune.core.capabilities import Capability
 from sctune.core.errors import DataError, did_you_mean
 from sctune.core.task import Direction, Preflight, Task
 from sctune.tasks.batch_correction.config import BatchCorrectionConfig
@@ -48,6 +52,7 @@ class BatchState:
     hvg: list[str] = field(default_factory=list)
     dar: bool = True
     gepc: bool = True
+    gep: bool = False
 
     @property
     def n_disc(self) -> int:
@@ -92,11 +97,17 @@ class BatchCorrectionTask(Task):
     description: ClassVar[str] = (
         "batch correction (GEPC, ECS, DAR on the cell embedding; scib metrics vs PCA/Harmony)"
     )
+    head_input: ClassVar[Literal["cell", "encoder"]] = "encoder"
     monitors: ClassVar[dict[str, Direction]] = {
+        "valid/gep": "min",
         "valid/gepc_mse": "min",
         "valid/ecs": "min",
         "valid/batch_accuracy": "min",  # the discriminator cannot tell batches apart
     }
+
+    @classmethod
+    def requires_for(cls, config: Any) -> frozenset[Capability]:
+        return frozenset({Capability.MASKED_MODELLING}) if config.gep else frozenset()
 
     @classmethod
     def example_config(cls) -> dict[str, object]:
@@ -176,6 +187,7 @@ class BatchCorrectionTask(Task):
             sorted(set(map(str, labels.tolist()))),
             dar=config.dar,
             gepc=config.gepc,
+            gep=config.gep,
         )
         if expression is not None:
             state.hvg = select_hvg(expression, split["train"], config.n_hvg)
@@ -208,6 +220,8 @@ class BatchCorrectionTask(Task):
             hidden_size,
             prepared.n_disc,
             prepared.n_rec,
+            gep=prepared.gep,
+            mask_ratio=config.mask_ratio,
             discriminator_layers=config.discriminator_layers,
             grl_lambda=config.grl_lambda,
         )
@@ -218,11 +232,18 @@ class BatchCorrectionTask(Task):
         """The named, unweighted loss terms that are switched on."""
         import torch.nn.functional as F
 
-        from sctune.tasks.batch_correction.head import ecs_loss, split_outputs
+        from sctune.tasks.batch_correction.head import ecs_loss, gep_columns, split_outputs
 
-        unit, batch_logits, recon = split_outputs(logits.float(), prepared.n_disc, prepared.n_rec)
+        logits = logits.float()
+        unit, batch_logits, recon = split_outputs(
+            logits, prepared.n_disc, prepared.n_rec, prepared.gep
+        )
         targets = targets.float()
         out: dict[str, torch.Tensor] = {}
+        if prepared.gep:
+            total, count = gep_columns(logits)
+            if float(count.detach().sum()) > 0:
+                out["gep"] = total.sum() / count.sum()
         if prepared.n_rec:
             want = targets[:, 2:]
             if want.shape[1] == recon.shape[1]:  # predict-time batches carry no expression
@@ -239,7 +260,12 @@ class BatchCorrectionTask(Task):
     def loss(
         self, logits: torch.Tensor, targets: torch.Tensor, prepared: BatchState, config: Any
     ) -> torch.Tensor:
-        weights = {"gepc": config.gepc_weight, "ecs": config.ecs_weight, "dar": config.dar_weight}
+        weights = {
+            "gep": config.gep_weight,
+            "gepc": config.gepc_weight,
+            "ecs": config.ecs_weight,
+            "dar": config.dar_weight,
+        }
         total = logits.float().sum() * 0.0
         for key, value in self.terms(logits, targets, prepared, config).items():
             total = total + weights[key] * value
@@ -255,14 +281,18 @@ class BatchCorrectionTask(Task):
             for k, v in self.terms(
                 torch.as_tensor(logits), torch.as_tensor(targets), prepared, config
             ).items():
-                if k == "gepc":
+                if k == "gep":
+                    out["gep"] = float(v)
+                elif k == "gepc":
                     out["gepc_mse"] = float(v)
                 elif k == "ecs":
                     out["ecs"] = float(v)
         if prepared.n_disc:
             from sctune.tasks.batch_correction.head import split_outputs
 
-            _, bl, _ = split_outputs(torch.as_tensor(logits), prepared.n_disc, prepared.n_rec)
+            _, bl, _ = split_outputs(
+                torch.as_tensor(logits), prepared.n_disc, prepared.n_rec, prepared.gep
+            )
             b = targets[:, 0].astype(np.int64)
             known = (b >= 0) & (b < prepared.n_disc)
             if known.any():
@@ -328,7 +358,9 @@ class BatchCorrectionTask(Task):
 
         from sctune.tasks.batch_correction.head import split_outputs
 
-        _, bl, _ = split_outputs(torch.as_tensor(logits), prepared.n_disc, prepared.n_rec)
+        _, bl, _ = split_outputs(
+            torch.as_tensor(logits), prepared.n_disc, prepared.n_rec, prepared.gep
+        )
         z = bl.numpy().astype(np.float64)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         p = z / z.sum(axis=1, keepdims=True)
@@ -350,7 +382,15 @@ class BatchCorrectionTask(Task):
         return " | ".join(parts) or "no embedding scored"
 
     def describe(self, prepared: BatchState) -> str:
-        terms = [t for t, on in (("GEPC", prepared.n_rec), ("DAR", prepared.n_disc)) if on]
+        terms = [
+            t
+            for t, on in (
+                ("GEP", prepared.gep),
+                ("GEPC", prepared.n_rec),
+                ("DAR", prepared.n_disc),
+            )
+            if on
+        ]
         return (
             f"{prepared.n_train_batches} training batches, {len(prepared.hvg)} HVGs, "
             f"head terms: {', '.join(terms) or 'none'} (+ ECS if on)"
@@ -365,6 +405,7 @@ class BatchCorrectionTask(Task):
             "hvg": prepared.hvg,
             "dar": prepared.dar,
             "gepc": prepared.gepc,
+            "gep": prepared.gep,
         }
 
     def from_state(self, state: dict[str, Any]) -> BatchState:
@@ -376,6 +417,7 @@ class BatchCorrectionTask(Task):
             list(state["hvg"]),
             bool(state["dar"]),
             bool(state["gepc"]),
+            bool(state.get("gep", False)),
         )
 
 

@@ -1,0 +1,175 @@
+"""Token-level objectives: a backbone's own masked modelling, and heads that read every token.
+
+Two declared contracts, no names:
+
+- :class:`MaskedModelling` - what a backbone's pretraining objective is (scGPT: masked expression
+  values, MSE; Geneformer: masked rank-value tokens, cross-entropy over the vocabulary; scBERT:
+  masked expression bins, cross-entropy). A backbone offers it through
+  :meth:`sctune.core.backbone.Backbone.masked_modelling`; it knows which input field to corrupt,
+  with which mask value, and owns the decoder (with the parameter names of the real checkpoint, so
+  a pretraining run can write them back).
+- :class:`EncoderHead` - a task head that reads the encoder's per-token outputs (not only the cell
+  embedding) and may corrupt the inputs first. A task whose :attr:`~sctune.core.task.Task.head_input`
+  is ``"encoder"`` returns one from :meth:`~sctune.core.task.Task.head`; the engine attaches the
+  backbone's :class:`MaskedModelling` when the head asks for it (:attr:`EncoderHead.masked_modelling`).
+
+The engine's model (:class:`sctune.core.assembly.CellModel`) corrupts in training; in evaluation it
+encodes the clean cells (the embedding that is exported) and, when the head asks for it, also a
+corrupted copy whose masks come from a fixed seed, so validation scores are comparable between
+epochs and ``sctune predict`` on the same cells in the same order reproduces the run.
+
+Heads return one fixed-width tensor per cell, so per-token objectives are reduced to per-cell
+columns inside the head (e.g. the summed masked loss and the number of masked positions) and the
+task's loss divides them; validation concatenates cells across batches and processes as for any
+task.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from sctune.core.cells import EncoderOutput
+
+EVAL_MASK_SEED = 20240517
+"""Seed of the masks drawn in evaluation (validation, test, ``sctune predict``)."""
+
+
+@dataclass
+class Masked:
+    """A corrupted batch: the inputs the encoder sees, and what the objective must recover.
+
+    ``positions`` (bool, ``(B, L)``) marks the masked tokens, aligned with the encoder's per-token
+    outputs; ``target`` holds the original values (float) or token ids (long) there.
+    """
+
+    batch: dict[str, torch.Tensor]
+    positions: torch.Tensor
+    target: torch.Tensor
+
+
+class MaskedModelling(nn.Module):
+    """A backbone's masked pretraining objective: corrupt, decode per token, score per cell.
+
+    Class attributes
+    ----------------
+    kind
+        ``"regression"`` (a value per token, MSE) or ``"classification"`` (a token class,
+        cross-entropy; accuracy is reported too).
+    default_ratio
+        The fraction of eligible tokens masked in the backbone's own pretraining.
+    description
+        One line for docs and ``sctune inspect`` (what is masked, what is predicted).
+    """
+
+    kind: ClassVar[Literal["regression", "classification"]]
+    loaded_from_checkpoint: bool = False
+    """Set by the backbone when the decoder's weights came from the pretrained checkpoint."""
+    default_ratio: ClassVar[float] = 0.15
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def mask(
+        self, batch: dict[str, torch.Tensor], ratio: float, generator: torch.Generator | None
+    ) -> Masked:
+        """Corrupt ``ratio`` of each cell's eligible tokens (never padding or special tokens);
+        at least one per cell that has any. Must not modify ``batch`` in place."""
+
+    @abstractmethod
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Predictions from per-token outputs ``(B, L, d)``: ``(B, L)`` values or ``(B, L, C)``
+        logits."""
+
+    def per_cell(
+        self, prediction: torch.Tensor, masked: Masked
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per cell: summed loss over masked tokens, their count, and the number predicted right
+        (classification; NaN for regression). All float, shape ``(B,)``."""
+        pos = masked.positions
+        w = pos.to(torch.float32)
+        if self.kind == "regression":
+            err = (prediction.float() - masked.target.float()) ** 2
+            loss = (err * w).sum(1)
+            correct = torch.full_like(loss, float("nan"))
+        else:
+            logits = prediction.float()
+            target = masked.target.long().clamp_min(0)
+            ce = nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
+            ).reshape(target.shape)
+            loss = (ce * w).sum(1)
+            correct = ((logits.argmax(-1) == target) & pos).to(torch.float32).sum(1)
+        return loss, w.sum(1), correct
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The decoder's tensors under the names the backbone's real checkpoint uses (written
+        back by a pretraining run). Default: none."""
+        return {}
+
+
+def draw_positions(
+    eligible: torch.Tensor, ratio: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``round(ratio * n)`` (at least 1 where ``n > 0``) random positions per row among
+    ``eligible`` (bool ``(B, L)``), without replacement."""
+    scores = torch.rand(eligible.shape, generator=generator, device="cpu").to(eligible.device)
+    scores = scores.masked_fill(~eligible, 2.0)
+    n = eligible.sum(1)
+    k = torch.where(n > 0, (n.float() * ratio).round().clamp_min(1), torch.zeros_like(n.float()))
+    rank = scores.argsort(1).argsort(1)
+    return (rank < k.long().unsqueeze(1)) & eligible
+
+
+class EncoderHead(nn.Module):
+    """A task head over the encoder output (cell embedding and per-token outputs).
+
+    ``masked_modelling=True`` when the head needs the backbone's :class:`MaskedModelling`: the
+    engine then calls :meth:`attach` once after building the head (the task declares
+    ``Capability.MASKED_MODELLING`` in ``Task.requires_for`` so validate refuses backbones that
+    offer none). ``mask_ratio`` is the fraction masked (``None``: the backbone's default).
+    ``reads_cell_embedding=False`` (a pretraining head) leaves the backbone's fresh modules
+    (pooler, scBERT's stem), which only feed the cell embedding, untrained.
+    """
+
+    objective: MaskedModelling | None
+
+    def __init__(
+        self,
+        *,
+        masked_modelling: bool = False,
+        mask_ratio: float | None = None,
+        reads_cell_embedding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.masked_modelling = masked_modelling
+        self.reads_cell_embedding = reads_cell_embedding
+        self.objective = None
+        self.mask_ratio = mask_ratio
+
+    def attach(self, objective: MaskedModelling) -> None:
+        """Receive the backbone's objective (a submodule from then on: trained and saved with the
+        head)."""
+        self.objective = objective
+        if self.mask_ratio is None:
+            self.mask_ratio = objective.default_ratio
+
+    def corrupt(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> Masked:
+        if self.objective is None:
+            raise RuntimeError("this head has no masked-modelling objective attached")
+        return self.objective.mask(batch, float(self.mask_ratio or 0.0), generator)
+
+    @abstractmethod
+    def forward(
+        self, out: EncoderOutput, batch: dict[str, torch.Tensor], masked: Masked | None
+    ) -> torch.Tensor:
+        """Per-cell outputs ``(B, k)`` from the encoder output of ``batch``. ``masked`` is the
+        corruption that ``batch`` went through (``None`` for clean inputs)."""
+
+    def merge(self, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+        """Evaluation: combine the head outputs of the clean cells and of their corrupted copy
+        (only called when ``masked_modelling`` is set). Default: the corrupted outputs."""
+        return corrupted

@@ -1,0 +1,221 @@
+"""Tokenized cells cached on disk, keyed by the data, the vocabulary and the tokenizer settings.
+
+A run (and ``sctune validate``, a rerun, every cell of a benchmark grid over adapters) tokenizes
+the same cells with the same backbone options. :func:`tokenize_cached` stores the result once,
+as one flat array per field plus the cells' offsets (``.npy``, memory-mapped on reading), under
+``<cache dir>/tokens/<key>/``. The key is a sha256 over
+
+- the expression matrix (CSR arrays), its kind, genes, alternate identifiers, library sizes;
+- the backbone's name and every option, with files named by an option (vocabulary, gene
+  dictionaries; small files inside a checkpoint folder) replaced by their content hash;
+- the source of the backbone plugin's package (a changed tokenizer never reads old tokens);
+- the tokenization seed and this module's format version.
+
+The cache folder is ``data.cache_dir``, else ``$SCTUNE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/sctune`` (``~/.cache/sctune``). Delete it at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+HASHED_FILE_LIMIT = 64 * 2**20  # larger files (weights) enter the key by size and mtime
+
+
+class Ragged(Sequence[np.ndarray]):
+    """Variable-length rows stored as one flat array and ``offsets`` (``len(rows) + 1``)."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat, self.offsets = flat, np.asarray(offsets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SCTUNE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "sctune"
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    if st.st_size > HASHED_FILE_LIMIT:
+        return f"size:{st.st_size}:mtime:{st.st_mtime_ns}"
+    from sctune.core.artifacts import sha256_file
+
+    return sha256_file(path)
+
+
+def _option_value(value: Any) -> Any:
+    """Paths become content hashes, so a vocabulary copied elsewhere still hits the cache."""
+    if isinstance(value, str) and value and len(value) < 4096:
+        path = Path(value).expanduser()
+        try:
+            if path.is_file():
+                return {"file": _file_digest(path)}
+            if path.is_dir():
+                return {
+                    "dir": {p.name: _file_digest(p) for p in sorted(path.iterdir()) if p.is_file()}
+                }
+        except OSError:
+            return value
+    if isinstance(value, dict):
+        return {k: _option_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_option_value(v) for v in value]
+    return value
+
+
+def _plugin_source(backbone: Any) -> str:
+    """sha256 of the ``.py`` files of the backbone plugin's package."""
+    h = hashlib.sha256()
+    try:
+        folder = Path(inspect.getfile(type(backbone))).parent
+        for f in sorted(folder.glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    except (TypeError, OSError):
+        h.update(type(backbone).__qualname__.encode())
+    return h.hexdigest()
+
+
+def cache_key(backbone: Any, config: Any, expr: Any, *, seed: int) -> str:
+    from scipy import sparse
+
+    h = hashlib.sha256()
+    head = {
+        "format": FORMAT,
+        "backbone": backbone.name,
+        "options": _option_value(config.model_dump(mode="json")),
+        "plugin_source": _plugin_source(backbone),
+        "seed": seed,
+        "kind": expr.kind,
+        "genes": hashlib.sha256("\n".join(expr.genes).encode()).hexdigest(),
+        "symbols": None
+        if expr.gene_symbols is None
+        else hashlib.sha256("\n".join(expr.gene_symbols).encode()).hexdigest(),
+        "ids": None
+        if expr.gene_ids is None
+        else hashlib.sha256("\n".join(expr.gene_ids).encode()).hexdigest(),
+    }
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    X = sparse.csr_matrix(expr.X)
+    h.update(repr((X.shape, X.dtype.str, X.indptr.dtype.str, X.indices.dtype.str)).encode())
+    for arr in (X.indptr, X.indices, X.data):
+        h.update(np.ascontiguousarray(arr).data)
+    if expr.library_size is not None:
+        h.update(np.ascontiguousarray(expr.library_size, dtype=np.float64).data)
+    return h.hexdigest()[:40]
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def save(folder: Path, cells: Any) -> bool:
+    """Write ``cells`` atomically into ``folder``; ``False`` when they cannot be cached."""
+    try:
+        meta = {
+            "format": FORMAT,
+            "fields": list(cells.fields),
+            "pad_values": {k: float(v) for k, v in cells.pad_values.items()},
+            "dtypes": {k: _dtype_name(v) for k, v in cells.dtypes.items()},
+            "gene_match": None if cells.gene_match is None else asdict(cells.gene_match),
+            "meta": cells.meta,
+        }
+        text = json.dumps(meta)
+    except (TypeError, ValueError):
+        return False
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lengths = cells.lengths()
+    np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    for i, (key, rows) in enumerate(cells.fields.items()):
+        flat = np.concatenate(list(rows)) if len(rows) else np.zeros(0)
+        np.save(tmp / f"field{i}.npy", flat)
+        del key
+    (tmp / "meta.json").write_text(text)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process wrote it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def load(folder: Path) -> Any:
+    """The cached :class:`TokenizedCells` (memory-mapped), or ``None`` when absent/unreadable."""
+    import torch
+
+    from sctune.core.cells import GeneMatch, TokenizedCells
+
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            return None
+        offsets = np.load(folder / "offsets.npy")
+        fields = {
+            key: Ragged(np.load(folder / f"field{i}.npy", mmap_mode="r"), offsets)
+            for i, key in enumerate(meta["fields"])
+        }
+    except (OSError, ValueError, KeyError):
+        return None
+    gm = meta["gene_match"]
+    if gm is not None:
+        gm = GeneMatch(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in gm.items()}  # type: ignore[arg-type]
+        )
+    return TokenizedCells(
+        fields=fields,
+        pad_values=meta["pad_values"],
+        dtypes={k: getattr(torch, v) for k, v in meta["dtypes"].items()},
+        gene_match=gm,
+        meta=meta["meta"],
+    )
+
+
+def tokenize_cached(
+    backbone: Any,
+    expr: Any,
+    config: Any,
+    *,
+    seed: int,
+    enabled: bool = True,
+    cache_dir: str | Path | None = None,
+    log: Any = None,
+) -> Any:
+    """``backbone.tokenize(expr, config, seed=seed)``, read from / written to the cache."""
+    if not enabled:
+        return backbone.tokenize(expr, config, seed=seed)
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    folder = root / "tokens" / cache_key(backbone, config, expr, seed=seed)
+    cached = load(folder) if folder.is_dir() else None
+    if cached is not None:
+        if log is not None:
+            log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
+        return cached
+    cells = backbone.tokenize(expr, config, seed=seed)
+    try:
+        save(folder, cells)
+    except OSError:  # a read-only or full disk only costs the next run the work
+        pass
+    return cells

@@ -1,0 +1,1 @@
+"""Self-supervised (continued) pretraining with each backbone's own masked objective."""

@@ -1,0 +1,211 @@
+"""Pretraining: each backbone's own masked objective on unlabelled cells (full or any adapter).
+
+The head is the backbone's masked-modelling decoder
+(:class:`sctune.core.objective.MaskedModelling`: scGPT masked expression values / MSE,
+Geneformer masked rank tokens / cross-entropy, scBERT masked expression bins / cross-entropy),
+reading the encoder's per-token outputs. Per cell the head returns ``[summed masked loss, masked
+tokens, correctly predicted tokens]``; the loss is the mean over masked tokens of the batch.
+Validation and test report the held-out masked loss (and accuracy for token classes) on masks of a
+fixed seed. With ``export`` the run writes the trained backbone, decoder included, in the
+backbone's real checkpoint format into ``<run>/pretrained`` (:meth:`Task.exports_backbone`).
+
+Labels are optional: with two or more cell types the test embedding is also scored by a kNN and a
+logistic-regression probe (cross-validated on the test cells), the measure of what pretraining
+put into the embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from sctune import hookimpl
+from sctune.core.capabilities import Capability
+from sctune.core.task import Direction, Task
+from sctune.tasks.pretrain.config import PretrainConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+UNLABELLED = {"", "unknown", "nan", "none"}
+
+
+def _masked_head(mask_ratio: float | None) -> nn.Module:
+    import torch
+
+    from sctune.core.cells import EncoderOutput
+    from sctune.core.objective import EncoderHead, Masked
+
+    class MaskedModellingHead(EncoderHead):
+        """Per cell ``[summed masked loss, masked count, correct count]`` from the decoder."""
+
+        def forward(
+            self, out: EncoderOutput, batch: dict[str, torch.Tensor], masked: Masked | None
+        ) -> torch.Tensor:
+            if masked is None or self.objective is None or out.tokens is None:
+                return out.cell.new_zeros(out.cell.shape[0], 3)
+            loss, count, correct = self.objective.per_cell(
+                self.objective.decode(out.tokens), masked
+            )
+            return torch.stack([loss, count, correct], dim=1).to(out.cell.dtype)
+
+    return MaskedModellingHead(
+        masked_modelling=True, mask_ratio=mask_ratio, reads_cell_embedding=False
+    )
+
+
+class PretrainTask(Task):
+    name: ClassVar[str] = "pretrain"
+    config_cls = PretrainConfig
+    description: ClassVar[str] = (
+        "self-supervised (continued) pretraining with the backbone's own masked objective; "
+        "writes a checkpoint in the backbone's real format"
+    )
+    head_input: ClassVar[Literal["cell", "encoder"]] = "encoder"
+    monitors: ClassVar[dict[str, Direction]] = {
+        "valid/masked_loss": "min",
+        "valid/masked_accuracy": "max",
+    }
+
+    @classmethod
+    def requires_for(cls, config: Any) -> frozenset[Capability]:
+        return frozenset({Capability.MASKED_MODELLING})
+
+    @classmethod
+    def example_config(cls) -> dict[str, object]:
+        return {"probe": False}
+
+    def exports_backbone(self, config: Any) -> bool:
+        return bool(config.export)
+
+    def prepare(
+        self,
+        labels: np.ndarray,
+        split: dict[str, np.ndarray],
+        config: Any,
+        *,
+        obs: Any = None,
+        expression: Any = None,
+    ) -> dict[str, Any]:
+        known = sorted({str(x) for x in labels.tolist()} - UNLABELLED)
+        return {"labels": known}
+
+    def targets(
+        self, labels: np.ndarray, prepared: Any, *, obs: Any = None, expression: Any = None
+    ) -> np.ndarray:
+        index = {c: i for i, c in enumerate(prepared["labels"])}
+        return np.array([index.get(str(x), -1) for x in labels.tolist()], dtype=np.int64)
+
+    def head(self, hidden_size: int, prepared: Any, config: Any) -> nn.Module:
+        return _masked_head(config.mask_ratio)
+
+    def loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any, config: Any
+    ) -> torch.Tensor:
+        z = logits.float()
+        return z[:, 0].sum() / z[:, 1].detach().sum().clamp_min(1.0)
+
+    @staticmethod
+    def _scores(logits: np.ndarray) -> dict[str, float]:
+        z = np.asarray(logits, dtype=np.float64)
+        n = float(z[:, 1].sum())
+        if n <= 0:
+            return {}
+        out = {"masked_loss": float(z[:, 0].sum() / n), "masked_tokens": n}
+        if not np.isnan(z[:, 2]).any():  # NaN: a regression objective has no accuracy
+            out["masked_accuracy"] = float(z[:, 2].sum() / n)
+        return out
+
+    def validation_metrics(
+        self, logits: np.ndarray, targets: np.ndarray, prepared: Any, config: Any
+    ) -> dict[str, float]:
+        out = self._scores(logits)
+        out.pop("masked_tokens", None)
+        return out
+
+    def evaluate(
+        self,
+        *,
+        logits: np.ndarray,
+        targets: np.ndarray,
+        embeddings: np.ndarray | None,
+        prepared: Any,
+        config: Any,
+        out_dir: Path | None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = dict(self._scores(logits))
+        result["n_cells"] = int(len(logits))
+        if config.probe and embeddings is not None:
+            result.update(probe_scores(embeddings, targets))
+        return result
+
+    def annotate(self, logits: np.ndarray, prepared: Any) -> dict[str, np.ndarray]:
+        """Each cell's mean masked loss (NaN when it had no token to mask): how well the model
+        reconstructs it, e.g. to spot cells unlike the pretraining data. Masks come from a fixed
+        seed per evaluation batch."""
+        z = np.asarray(logits, dtype=np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_cell = np.where(z[:, 1] > 0, z[:, 0] / z[:, 1], np.nan)
+        return {"sctune_masked_loss": per_cell.astype(np.float32)}
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        parts = []
+        if "masked_loss" in metrics:
+            parts.append(f"masked loss {metrics['masked_loss']:.4f}")
+        if "masked_accuracy" in metrics:
+            parts.append(f"masked accuracy {metrics['masked_accuracy']:.4f}")
+        for key in ("knn_macro_f1", "logreg_macro_f1"):
+            if key in metrics:
+                parts.append(f"{key} {metrics[key]:.4f}")
+        return "  ".join(parts) or "no masked tokens scored"
+
+    def describe(self, prepared: Any) -> str:
+        n = len(prepared["labels"])
+        return (
+            f"masked modelling; {n} cell-type labels for the probes" if n else "masked modelling"
+        )
+
+    def state(self, prepared: Any) -> dict[str, Any]:
+        return {"labels": list(prepared["labels"])}
+
+    def from_state(self, state: dict[str, Any]) -> Any:
+        return {"labels": list(state.get("labels", []))}
+
+
+def probe_scores(embeddings: np.ndarray, targets: np.ndarray, folds: int = 5) -> dict[str, float]:
+    """Macro F1 of a 15-NN (fewer on tiny sets) and of a logistic regression on ``embeddings`` (stratified k-fold
+    cross-validation over the labelled cells; classes with fewer cells than folds dropped)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(targets)
+    keep = y >= 0
+    classes, counts = np.unique(y[keep], return_counts=True)
+    ok = set(classes[counts >= folds].tolist())
+    keep &= np.isin(y, list(ok))
+    if len(ok) < 2:
+        return {}
+    X, y = np.asarray(embeddings, dtype=np.float64)[keep], y[keep]
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    out: dict[str, float] = {"probe_cells": float(len(y)), "probe_classes": float(len(ok))}
+    k = max(1, min(15, len(y) * (folds - 1) // folds - 1))
+    models = {
+        "knn": make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k)),
+        "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+    }
+    for name, model in models.items():
+        pred = cross_val_predict(model, X, y, cv=cv)
+        out[f"{name}_macro_f1"] = float(f1_score(y, pred, average="macro"))
+    return out
+
+
+@hookimpl
+def sctune_register_tasks() -> list[type[Task]]:
+    return [PretrainTask]
