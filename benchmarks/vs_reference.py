@@ -6,6 +6,7 @@ Usage (repository root; the reference is installed with ``pip install --no-deps 
     python benchmarks/vs_reference.py --epoch-cells 0     # the whole pbmc3k epoch (GPU)
     python benchmarks/vs_reference.py --profile full      # torch.profiler top of one sctune step
     python benchmarks/vs_reference.py --profile reference --json out.json
+    SCTUNE_SHARED_DATA=.data python benchmarks/vs_reference.py   # data copied next to the code
 
 Two sections, every measurement in its own child process (peak memory is per method: CUDA max
 allocated on a GPU, the child's peak RSS from ``os.wait4`` everywhere):
@@ -26,6 +27,9 @@ epoch
     one pass of training steps with Adam. ``--epoch-cells N`` takes a fixed random subset of N
     cells (CPU default 48: an epoch of the whole-human model over all 2,638 cells padded to 2,001
     tokens would take hours on 2 cores); ``0`` = every cell.
+ddp (``--sections ddp``)
+    the quickstart recipe trained by 1 process and by 2 (``torchrun``, gloo, one thread each):
+    training seconds, the speed-up, and the test metrics, which should agree.
 
 Every row prints its ratio to the reference: time (reference / method, so > 1 is faster) and
 peak memory (method / reference). On a GPU the step section also prints the model-FLOPs
@@ -46,8 +50,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "pbmc3k_seurat_labeled.h5ad"
-VOCAB = ROOT.parent / "shared" / "data" / "vocab" / "scgpt_census_vocab.json"
+SHARED = Path(os.environ.get("SCTUNE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DATA = SHARED / "pbmc3k_seurat_labeled.h5ad"
+VOCAB = SHARED / "vocab" / "scgpt_census_vocab.json"
 WHOLE_HUMAN = {"embsize": 512, "nheads": 8, "d_hid": 512, "nlayers": 12}
 SMALL = {"embsize": 64, "nheads": 4, "d_hid": 64, "nlayers": 2}
 METHODS = ["full", "head", "gene_token_prompt", "gene_encoder_prompt", "prefix_prompt", "lora"]
@@ -253,7 +258,9 @@ def child_step(a: Any) -> dict[str, Any]:
         "times": times,
         "trainable": sum(p.numel() for p in params),
         "tflops_per_s": flops / med / 1e12,
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
     }
@@ -393,8 +400,64 @@ def child_epoch(a: Any) -> dict[str, Any]:
         "tokenize_s": tokenize_s,
         "padding_fraction": 1 - real / max(padded, 1),
         "mean_tokens": float(lengths.mean()),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
     }
+
+
+def ddp_scaling(epochs: int) -> list[dict[str, Any]]:
+    """The quickstart recipe on 1 process and on 2 (torchrun, gloo, 1 thread each)."""
+    import shutil
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            out = Path(tmp) / f"run{n}"
+            launcher = (
+                [sys.executable, "-m", "sctune"]
+                if n == 1
+                else [str(shutil.which("torchrun")), "--nproc_per_node", "2", "-m", "sctune"]
+            )
+            cmd = [*launcher, "run", "quickstart", f"trainer.epochs={epochs}"]
+            cmd += ["trainer.device=cpu", f"output.dir={out}", "-q"]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                rows.append({"processes": n, "error": proc.stderr[-500:]})
+                continue
+            m = json.loads((out / "metrics.json").read_text())
+            rows.append(
+                {
+                    "processes": n,
+                    "train_s": m["train"]["seconds"],
+                    "wall_s": wall,
+                    "epochs": m["train"]["epochs_run"],
+                    "accuracy": m["test"]["accuracy"],
+                    "macro_f1": m["test"]["macro_f1"],
+                }
+            )
+    return rows
+
+
+def ddp_table(rows: list[dict[str, Any]]) -> str:
+    one = next((r for r in rows if r["processes"] == 1 and "error" not in r), None)
+    lines = [
+        "| processes | training s | speed-up | test accuracy | test macro F1 |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['processes']} | failed: {r['error'][-200:]} |")
+            continue
+        up = f"{one['train_s'] / r['train_s']:.2f}" if one else "–"
+        lines.append(
+            f"| {r['processes']} | {r['train_s']:.1f} | {up} | {r['accuracy']:.3f} | "
+            f"{r['macro_f1']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- parent
@@ -428,9 +491,12 @@ def step_table(rows: list[dict[str, Any]], a: Any) -> str:
     gpu = ref.get("peak_cuda_mb") is not None
     mem = "peak_cuda_mb" if gpu else "peak_rss_mb"
     peak = _peak_tflops(ref.get("device_name", "cpu"), a.peak_tflops)
-    head = "| | trainable | s/step (median) | speed x ref | peak " + (
-        "CUDA" if gpu else "RSS"
-    ) + " MB | memory x ref |" + (" TFLOP/s | MFU |" if peak else "")
+    head = (
+        "| | trainable | s/step (median) | speed x ref | peak "
+        + ("CUDA" if gpu else "RSS")
+        + " MB | memory x ref |"
+        + (" TFLOP/s | MFU |" if peak else "")
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peak else "")]
     for r in rows:
         if "error" in r:
@@ -480,7 +546,11 @@ def targets(step_rows: list[dict[str, Any]], epoch_rows: list[dict[str, Any]]) -
 
     def get(rows: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
         return next(
-            (r for r in rows if r["impl"] == "sctune" and r["method"] == method and "error" not in r),
+            (
+                r
+                for r in rows
+                if r["impl"] == "sctune" and r["method"] == method and "error" not in r
+            ),
             None,
         )
 
@@ -488,7 +558,9 @@ def targets(step_rows: list[dict[str, Any]], epoch_rows: list[dict[str, Any]]) -
     ref_e = next((r for r in epoch_rows if r["impl"] == "reference" and "error" not in r), None)
     if ref_e and (g := get(epoch_rows, "gene_encoder_prompt")):
         x = ref_e["epoch_s"] / g["epoch_s"]
-        out.append(f"real-data epoch, gene_encoder_prompt vs reference full: {x:.2f}x (target >= 4)")
+        out.append(
+            f"real-data epoch, gene_encoder_prompt vs reference full: {x:.2f}x (target >= 4)"
+        )
     if ref_s and (f := get(step_rows, "full")):
         x = ref_s["median_s"] / f["median_s"]
         out.append(f"step, full at the reference's dropout: {x:.2f}x faster (target >= 1.5)")
@@ -508,13 +580,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     ap.add_argument("--epoch-methods", nargs="+", default=["full", "gene_encoder_prompt", "lora"])
-    ap.add_argument("--sections", nargs="+", default=["step", "epoch"], choices=["step", "epoch"])
+    ap.add_argument(
+        "--sections", nargs="+", default=["step", "epoch"], choices=["step", "epoch", "ddp"]
+    )
+    ap.add_argument("--ddp-epochs", type=int, default=3, help="ddp section: quickstart epochs")
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     ap.add_argument("--precision", default=None, choices=["32", "bf16", "fp16"],
                     help="autocast dtype (default: bf16 on cuda, 32 on cpu)")  # fmt: skip
     ap.add_argument("--step-batch", type=int, default=None, help="default 4 (cpu), 32 (cuda)")
     ap.add_argument("--step-seq", type=int, default=None, help="default 600 (cpu), 1200 (cuda)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps (default 5 cpu, 20 gpu)")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed steps (default 5 cpu, 20 gpu)"
+    )
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--epoch-cells", type=int, default=None, help="0 = all (default 48 on cpu)")
     ap.add_argument("--epoch-batch", type=int, default=8)
@@ -569,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if "profile" in r else 1
     shape = "small" if a.small else "whole-human"
     print(
-        f"scGPT {shape} size, {a.precision}, device {a.device}, dropout {a.dropout}; "
+        f"scGPT {shape} size, precision {a.precision}, device {a.device}, dropout {a.dropout}; "
         f"step: {a.step_batch} cells x {a.step_seq} tokens, forward+backward+Adam, median of "
         f"{a.repeats}",
         flush=True,
@@ -598,11 +675,19 @@ def main(argv: list[str] | None = None) -> int:
                 epoch_rows.append(r)
                 print(f"  epoch {_label(r)}: {r.get('epoch_s', r.get('error'))}", flush=True)
             print("\n" + epoch_table(epoch_rows), flush=True)
+    ddp_rows: list[dict[str, Any]] = []
+    if "ddp" in a.sections:
+        print(
+            f"\nDDP on CPU (gloo): quickstart, {a.ddp_epochs} epochs, 1 thread per process",
+            flush=True,
+        )
+        ddp_rows = ddp_scaling(a.ddp_epochs)
+        print("\n" + ddp_table(ddp_rows), flush=True)
     print("\ntargets:")
     for line in targets(step_rows, epoch_rows):
         print("  " + line)
     if a.json:
-        Path(a.json).write_text(json.dumps(step_rows + epoch_rows, indent=1) + "\n")
+        Path(a.json).write_text(json.dumps(step_rows + epoch_rows + ddp_rows, indent=1) + "\n")
     return 1 if any("error" in r for r in step_rows + epoch_rows) else 0
 
 

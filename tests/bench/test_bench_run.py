@@ -168,3 +168,68 @@ def test_docs_markers_are_replaced(tmp_path: Path, bench):
     text = doc.read_text()
     assert text.startswith("# kept\n\nhand-written text") and text.endswith("## kept too\n")
     assert "old" not in text and "## sctune bench: tiny" in text  # headings one level down
+
+
+def _chromium() -> str:
+    """Debian's chromium; installed with apt-get when missing and possible, else the test skips."""
+    import os
+    import shutil
+    import subprocess
+
+    found = shutil.which("chromium")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("chromium is not installed and cannot be installed here")
+    return found
+
+
+def test_html_report_renders_in_headless_chromium(bench, tmp_path: Path):
+    """The report as a reader sees it: Chromium loads it offline, every plot decodes, the
+    tables are there and the page logs nothing to the console."""
+    import re
+    import subprocess
+
+    page = bench["out"] / "results" / "report.html"
+    html_text = page.read_text()
+    assert "http://" not in html_text and "https://" not in html_text  # nothing to fetch
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+    assert console == []
+    # the three plots of the section are images that decoded (naturalWidth > 0 after load)
+    for kind in ("pareto", "per_class", "umap"):
+        assert f'id="{kind}-cell_type-tiny"' in dom
+    n_img = len(re.findall(r"<img ", dom))
+    assert n_img == 3
+    assert f'data-images-loaded="{n_img}"' in dom
+    # the summary table: one row per method and baseline, with intervals
+    table = dom.split('id="summary-cell_type-tiny"', 1)[1].split("</table>", 1)[0]
+    for name in ("scgpt / lora", "scgpt / full", "scgpt / zero_shot", "logreg", "knn_pca"):
+        assert f"<td>{name}</td>" in table
+    assert re.search(r"<td>0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\]</td>", table)
+    assert '<b id="cells-ok">9</b>' in dom

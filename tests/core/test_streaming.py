@@ -68,7 +68,9 @@ def test_chunks_equal_in_memory_prediction_of_the_same_cells(
         lab, emb = _in_memory(run_dir, query[lo : lo + 37].copy())
         labels.append(np.asarray(lab, dtype=str))
         embs.append(emb)
-    np.testing.assert_array_equal(got.obs["sctune_prediction"].to_numpy(str), np.concatenate(labels))
+    np.testing.assert_array_equal(
+        got.obs["sctune_prediction"].to_numpy(str), np.concatenate(labels)
+    )
     np.testing.assert_allclose(got.obsm["X_sctune"], np.concatenate(embs), atol=1e-6)
     # predicting on its own output overwrites the columns and the embedding in place
     again = api.predict(run_dir, out, tmp_path / "t.h5ad", registry=REGISTRY, chunk_size=37)
@@ -82,3 +84,19 @@ def test_bad_chunk_size_is_a_located_error(run_dir: Path, tiny_h5ad: Path, tmp_p
 
     with pytest.raises(DataError, match="--chunk-size"):
         api.predict(run_dir, tiny_h5ad, tmp_path / "x.h5ad", registry=REGISTRY, chunk_size=0)
+
+
+def test_max_cells_reads_only_the_drawn_rows_of_a_backed_file(tiny_h5ad: Path) -> None:
+    """data.max_cells on a file: the rows are read from disk (backed), the same cells and values
+    as subsampling the whole file in memory."""
+    from sctune.core.data import _subsample, load_data
+
+    cfg = DataConfig(path=str(tiny_h5ad), max_cells=50)
+    got = load_data(cfg, seed=3)
+    whole = ad.read_h5ad(tiny_h5ad)
+    want = loaded_from_adata(whole, cfg, name="tiny.h5ad", subsample_seed=3)
+    assert got.expression.cell_ids == want.expression.cell_ids
+    assert (got.expression.X != want.expression.X).nnz == 0
+    np.testing.assert_array_equal(got.labels, want.labels)
+    rows = _subsample(whole.n_obs, 50, 3)
+    assert got.expression.cell_ids == tuple(whole.obs_names[rows])

@@ -3,6 +3,7 @@ tiny end-to-end run through the engine, and refusals."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anndata as ad
@@ -155,6 +156,12 @@ def test_end_to_end_scores_sctune_pca_and_harmony(registry, tmp_path: Path) -> N
         for key in ("bio", "batch", "total", "ilisi", "kbet", "nmi", "pcr_comparison"):
             assert scores[key] is not None, (name, key)
     assert test["n_batches"] == 2 and test["labels"] is True
+    history = [
+        json.loads(line)
+        for line in (result.run_dir / "train_log.jsonl").read_text().splitlines()
+        if "valid/gep" in line
+    ]
+    assert history and all(np.isfinite(h["valid/gep"]) and h["valid/gep"] > 0 for h in history)
     png = (result.run_dir / "umap_integration.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     state = (result.run_dir / "metrics.json").read_text()
@@ -162,6 +169,13 @@ def test_end_to_end_scores_sctune_pca_and_harmony(registry, tmp_path: Path) -> N
     out = api.predict(result.run_dir, data, tmp_path / "annotated.h5ad", registry=registry)
     got, want = ad.read_h5ad(out), ad.read_h5ad(result.run_dir / "predictions.h5ad")
     np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5, rtol=0)
+    # the references, for every cell of the run: PCA of the training HVGs, Harmony on it
+    n = want.n_obs
+    assert want.obsm["X_pca"].shape[0] == n and want.obsm["X_harmony"].shape == (
+        n,
+        want.obsm["X_pca"].shape[1],
+    )
+    assert not np.allclose(want.obsm["X_pca"], want.obsm["X_harmony"])
     np.testing.assert_array_equal(
         got.obs["sctune_batch_guess"].to_numpy(str), want.obs["sctune_batch_guess"].to_numpy(str)
     )

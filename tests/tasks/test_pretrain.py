@@ -92,3 +92,33 @@ def test_scbert_masks_only_expressed_bins() -> None:
     loss, count, correct = obj.per_cell(logits, masked)
     assert torch.equal(count, pos.sum(1).float())
     assert torch.equal(correct, (pos & (tokens == 3)).sum(1).float())
+
+
+def test_the_exported_embedding_is_of_clean_cells_and_eval_masks_are_fixed() -> None:
+    """Training encodes masked cells only; evaluation returns the clean cells' embedding and
+    scores a copy masked with a fixed seed, so two evaluations agree exactly."""
+    import tempfile
+
+    from sctune.core.assembly import CellModel
+    from sctune.tasks.pretrain.plugin import _masked_head
+
+    expr = testing.tiny_expression(12)
+    toy = testing.ToyBackbone()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = toy.config_cls(**toy.example_config(Path(tmp), list(expr.genes)))
+        module = toy.build(cfg)
+        cells = toy.tokenize(expr, cfg, seed=0)
+    batch = cells.collate([cells[i] for i in range(len(cells))])
+    head = _masked_head(0.3)
+    head.attach(toy.masked_modelling(module, cfg))
+    model = CellModel(module, head).eval()
+    with torch.no_grad():
+        cell, out = model(batch)
+        cell2, out2 = model(batch)
+        clean = module(batch).cell
+    torch.testing.assert_close(cell, clean, rtol=0, atol=0)
+    torch.testing.assert_close(out, out2, rtol=0, atol=0, equal_nan=True)
+    assert float(out[:, 1].sum()) > 0
+    model.train()
+    _, trained = model(batch)
+    assert float(trained[:, 1].sum()) > 0  # training masks too (fresh masks each step)

@@ -44,7 +44,7 @@ def compute_all(root: Path, plan: Plan, *, log: Any = print) -> None:
     cache: dict[tuple[str, int], Any] = {}
     for task, dataset, seed in wanted:
         plugin = plan.tasks[task]
-        names = (
+        names: list[str] = list(
             spec.baselines.cell_type if plugin == "cell_type" else spec.baselines.batch_correction
         )
         if plugin not in ("cell_type", "batch_correction") or not names:
@@ -64,18 +64,25 @@ def compute_all(root: Path, plan: Plan, *, log: Any = print) -> None:
             cache[ck] = load_dataset(data, seed)
         loaded = cache[ck]
         from sctune.core.data import read_split
+        from sctune.core.errors import SctuneError
 
-        split = read_split(sfile, list(loaded.expression.cell_ids))
         start = time.perf_counter()
-        if plugin == "cell_type":
-            payload, embs = cell_type_baselines(loaded, split, names, spec.baselines, seed)
-        else:
-            tcfg = spec.tasks[task].task
-            batch_col = str(tcfg.get("batch_column", "batch"))
-            payload, embs = batch_baselines(loaded, split, names, spec.baselines, batch_col, seed)
+        try:
+            split = read_split(sfile, list(loaded.expression.cell_ids))
+            if plugin == "cell_type":
+                payload, embs = cell_type_baselines(loaded, split, names, spec.baselines, seed)
+            else:
+                batch_col = str(spec.tasks[task].task.get("batch_column", "batch"))
+                payload, embs = batch_baselines(
+                    loaded, split, names, spec.baselines, batch_col, seed
+                )
+        except SctuneError as exc:  # reported; the other baselines and the report go on
+            log(f"baselines {task}/{dataset} seed {seed}: FAILED ({exc.message.splitlines()[0]})")
+            out.unlink(missing_ok=True)
+            continue
         payload.update(key=key, task=task, dataset=dataset, seed=seed, split_sha256=digest)
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out.with_suffix(".npz"), **embs)
+        np.savez_compressed(out.with_suffix(".npz"), **embs)  # type: ignore[arg-type]
         out.write_text(json.dumps(payload, default=_plain))
         log(
             f"baselines {task}/{dataset} seed {seed}: {', '.join(names)} ({time.perf_counter() - start:.1f} s)"

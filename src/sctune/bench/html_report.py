@@ -176,7 +176,8 @@ def umap_figure(root: Path, plan: Plan, task: str, dataset: str, title: str) -> 
         ax.axis("off")
     for ax, (name, X, col) in zip(axes.ravel(), panels):
         Y = _umap(X) if len(X) > 3 else np.zeros((len(X), 2))
-        ax.scatter(Y[:, 0], Y[:, 1], c=[colors[c] for c in col], s=5, linewidths=0)
+        size = min(30.0, max(4.0, 3000.0 / max(len(Y), 1)))
+        ax.scatter(Y[:, 0], Y[:, 1], c=[colors[c] for c in col], s=size, linewidths=0)
         ax.set_title(name, fontsize=9)
     handles = [
         plt.Line2D([], [], marker="o", linestyle="", color=colors[c], label=c) for c in cats

@@ -41,7 +41,7 @@ def versions() -> dict[str, Any]:
     from sctune import api
 
     env = dict(api.env_info())
-    libs = {}
+    libs: dict[str, str | None] = {}
     for dist in (
         "scikit-learn",
         "scipy",
@@ -208,7 +208,7 @@ def summarise(rows: list[dict[str, Any]], plan: Plan) -> list[dict[str, Any]]:
             lo, hi = (max(lo, 0.0), min(hi, 1.0)) if lo == lo else (lo, hi)
             s[m], s[f"{m}_ci_low"], s[f"{m}_ci_high"] = mean, lo, hi
         for c in COST:
-            vals = [r.get(c) for r in ok if r.get(c) is not None]
+            vals = [float(r[c]) for r in ok if r.get(c) is not None]
             s[c] = float(np.mean(vals)) if vals else None
         out.append(s)
     return out
@@ -264,8 +264,9 @@ def compare(
                 res = stats.paired_seeds(diffs, cfg.confidence)
                 c.update(metric="total", test="paired t interval over seeds")
             c.update(res)
-            c["wilcoxon_p"] = stats.wilcoxon_p(res["per_seed"])
-            c["seeds_better"] = int(sum(d > 0 for d in res["per_seed"]))
+            per_seed: list[float] = list(res["per_seed"])
+            c["wilcoxon_p"] = stats.wilcoxon_p(per_seed)
+            c["seeds_better"] = int(sum(d > 0 for d in per_seed))
             out.append(c)
     return out
 

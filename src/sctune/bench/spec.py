@@ -85,17 +85,21 @@ class RuleSpec(_Strict):
     set: dict[str, Any]
 
 
+def _cell_baselines() -> list[Literal["logreg", "knn_pca"]]:
+    return ["logreg", "knn_pca"]
+
+
+def _batch_baselines() -> list[Literal["pca", "harmony"]]:
+    return ["pca", "harmony"]
+
+
 class BaselineSpec(_Strict):
     per_backbone: list[str] = Field(
         default_factory=lambda: ["full", "head", "zero_shot"],
         description="adapter methods added for every backbone unless 'methods' defines them",
     )
-    cell_type: list[Literal["logreg", "knn_pca"]] = Field(
-        default_factory=lambda: list(CELL_BASELINES)
-    )
-    batch_correction: list[Literal["pca", "harmony"]] = Field(
-        default_factory=lambda: list(BATCH_BASELINES)
-    )
+    cell_type: list[Literal["logreg", "knn_pca"]] = Field(default_factory=_cell_baselines)
+    batch_correction: list[Literal["pca", "harmony"]] = Field(default_factory=_batch_baselines)
     n_hvg: int = Field(2000, ge=10, description="HVGs (chosen on training cells) for baselines")
     n_pcs: int = Field(50, ge=2, description="PCA components for kNN and the PCA/Harmony refs")
     knn_k: int = Field(10, ge=1, description="neighbours of the kNN-on-PCA classifier")
@@ -250,7 +254,16 @@ def load_spec(ref: str | Path | dict[str, Any]) -> tuple[BenchSpec, Path | None,
     try:
         spec = BenchSpec.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(where, pydantic_problems(exc, BenchSpec)) from None
+        problems = pydantic_problems(exc, BenchSpec)
+        # unknown top-level keys only: check the rest too, so every problem shows at once
+        extra = {e["loc"][0] for e in exc.errors() if e["type"] == "extra_forbidden"}
+        if len(extra) == len(exc.errors()) and all(len(e["loc"]) == 1 for e in exc.errors()):
+            try:
+                rest = BenchSpec.model_validate({k: v for k, v in raw.items() if k not in extra})
+                problems += _cross_problems(rest)
+            except ValidationError:
+                pass
+        raise _invalid(where, problems) from None
     problems = _cross_problems(spec)
     if problems:
         raise _invalid(where, problems)
@@ -315,15 +328,15 @@ def _cross_problems(spec: BenchSpec) -> list[str]:
             for value in [v] if isinstance(v, str) else v:
                 if value not in known[k]:
                     problems.append(_unknown(f"rules.{i}.when.{k}", k, value, known[k]))
-    baselines = [*spec.baselines.cell_type, *spec.baselines.batch_correction]
+    baselines: list[str] = [*spec.baselines.cell_type, *spec.baselines.batch_correction]
     for i, c in enumerate(spec.stats.compare_to):
         if c not in methods and c not in baselines:
             problems.append(
                 _unknown(f"stats.compare_to.{i}", "method or baseline", c, methods + baselines)
             )
-    for name, d in spec.datasets.items():
-        if "path" not in d.data:
-            problems.append(f"datasets.{name}.data.path: required key is missing")
+    for dname, dspec in spec.datasets.items():
+        if "path" not in dspec.data:
+            problems.append(f"datasets.{dname}.data.path: required key is missing")
     return problems
 
 
@@ -401,7 +414,7 @@ def build_recipe(
     recipe["data"] = copy.deepcopy(data)
     tspec = spec.tasks[coords["task"]]
     section = {"name": coords["task"], **tspec.task}
-    old = recipe.get("task") if isinstance(recipe.get("task"), dict) else {}
+    old: dict[str, Any] = recipe["task"] if isinstance(recipe.get("task"), dict) else {}
     recipe["task"] = {**old, **section} if old.get("name") == section["name"] else section
     for sets in (
         tspec.set,

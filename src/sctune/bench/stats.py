@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 
-def mean_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: list[Any], confidence: float = 0.95) -> tuple[float, float, float]:
     """``(mean, low, high)`` with a Student-t interval; NaN bounds for fewer than 2 values."""
     from scipy import stats
 
@@ -79,7 +79,7 @@ def paired_bootstrap(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Paired, seed-stratified bootstrap of the macro-F1 difference (method A - method B).
 
     ``pairs`` holds one ``(truth, pred_a, pred_b)`` per seed, aligned on the same test cells.

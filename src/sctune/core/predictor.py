@@ -310,7 +310,7 @@ class _H5Writer:
     def __init__(self, query: Path, target: Path) -> None:
         import shutil
 
-        import h5py
+        import h5py  # type: ignore[import-untyped]
 
         shutil.copyfile(query, target)
         self.file = h5py.File(target, "r+")
@@ -336,7 +336,7 @@ class _H5Writer:
         try:
             from anndata.io import read_elem, write_elem
         except ImportError:  # anndata < 0.11
-            from anndata.experimental import read_elem, write_elem  # type: ignore[no-redef]
+            from anndata.experimental import read_elem, write_elem
 
         obs = read_elem(self.file["obs"])
         for name, values in columns.items():

@@ -280,12 +280,12 @@ def export_backbone(
         log(note)
         return {"exported": False, "note": note}
     for h in handles.values():
-        h.merge()  # type: ignore[misc]
+        h.merge()
     try:
         state = {k: v.detach().cpu() for k, v in module.state_dict().items() if k in keys}
     finally:
         for h in handles.values():
-            h.unmerge()  # type: ignore[misc]
+            h.unmerge()
     head = asm.model.head
     decoder = (
         head.objective.checkpoint_state()
@@ -300,7 +300,8 @@ def export_backbone(
         return {"exported": False, "note": note}
     check = inp.backbone.build(inp.bcfg.model_copy(update=options))
     report = getattr(check, "load_report", None)
-    summary = report.summary() if hasattr(report, "summary") else report
+    describe = getattr(report, "summary", None)
+    summary = describe() if callable(describe) else report
     written = {**state, **(decoder or {})}
     fresh = tuple(f"{m}." for m in getattr(module, "fresh_modules", ()))
     same = all(
@@ -511,7 +512,8 @@ def _write_run(
     A.write_json(run_dir / A.ENV, env)
     if rec.envelope.output.predictions:
         columns = inp.task.annotate(outputs.logits, inp.prepared)
-        _write_predictions(run_dir, rec, inp.data, split, columns, outputs.embeddings)
+        others = inp.task.reference_embeddings(inp.targets, inp.prepared, rec.task.config)
+        _write_predictions(run_dir, rec, inp.data, split, columns, outputs.embeddings, others)
     return metrics
 
 
@@ -610,6 +612,7 @@ def _write_predictions(
     split: dict[str, np.ndarray],
     columns: dict[str, np.ndarray],
     emb: np.ndarray,
+    others: dict[str, np.ndarray] | None = None,
 ) -> None:
     import anndata as ad
 
@@ -633,6 +636,8 @@ def _write_predictions(
         var["gene_ids"] = list(expr.gene_ids)
     out = ad.AnnData(X=expr.X, obs=obs, var=var)
     out.var_names_make_unique()
+    for name, values in (others or {}).items():  # the task's reference embeddings
+        out.obsm[name] = np.asarray(values, dtype=np.float32)
     out.obsm["X_sctune"] = emb.astype(np.float32)
     out.uns["sctune"] = {"recipe": rec.name, "label_column": rec.data.label_column}
     for c in out.obs.columns:

@@ -192,6 +192,14 @@ class Task(ABC):
         """Columns (obs name -> one value per row of ``logits``) that ``predictions.h5ad`` and
         ``sctune predict`` write for each cell, e.g. ``sctune_prediction``."""
 
+    def reference_embeddings(
+        self, targets: np.ndarray, prepared: Any, config: PluginConfig
+    ) -> dict[str, np.ndarray]:
+        """Other embeddings of every cell (rows as ``targets``) that ``predictions.h5ad`` keeps
+        next to ``X_sctune``, as ``obsm[name]`` (e.g. ``X_pca``, ``X_harmony`` for comparison).
+        Default: none."""
+        return {}
+
     def summary(self, metrics: dict[str, Any]) -> str:
         """One line for the console after the run. Default: the scalar test metrics."""
         scalars = [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]

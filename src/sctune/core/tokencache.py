@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -131,8 +132,26 @@ def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def save(folder: Path, cells: Any) -> bool:
-    """Write ``cells`` atomically into ``folder``; ``False`` when they cannot be cached."""
+def _category_name(category: type[Warning]) -> str:
+    return f"{category.__module__}:{category.__qualname__}"
+
+
+def _warn(said: list[Any]) -> None:
+    """Emit ``(category name, message)`` pairs as warnings (unknown categories: UserWarning)."""
+    import importlib
+
+    for name, message in said:
+        module, _, qualname = str(name).partition(":")
+        try:
+            category = getattr(importlib.import_module(module), qualname)
+        except (ImportError, AttributeError, ValueError):
+            category = UserWarning
+        warnings.warn(message, category, stacklevel=3)
+
+
+def save(folder: Path, cells: Any, said: list[Any] | None = None) -> bool:
+    """Write ``cells`` atomically into ``folder`` with the warnings tokenizing gave (``said``);
+    ``False`` when they cannot be cached."""
     try:
         meta = {
             "format": FORMAT,
@@ -141,6 +160,7 @@ def save(folder: Path, cells: Any) -> bool:
             "dtypes": {k: _dtype_name(v) for k, v in cells.dtypes.items()},
             "gene_match": None if cells.gene_match is None else asdict(cells.gene_match),
             "meta": cells.meta,
+            "warnings": [list(w) for w in said or []],
         }
         text = json.dumps(meta)
     except (TypeError, ValueError):
@@ -184,13 +204,15 @@ def load(folder: Path) -> Any:
         gm = GeneMatch(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in gm.items()}  # type: ignore[arg-type]
         )
-    return TokenizedCells(
+    cells = TokenizedCells(
         fields=fields,
         pad_values=meta["pad_values"],
         dtypes={k: getattr(torch, v) for k, v in meta["dtypes"].items()},
         gene_match=gm,
         meta=meta["meta"],
     )
+    cells.said = [tuple(w) for w in meta.get("warnings", [])]  # type: ignore[attr-defined]
+    return cells
 
 
 def tokenize_cached(
@@ -210,12 +232,17 @@ def tokenize_cached(
     folder = root / "tokens" / cache_key(backbone, config, expr, seed=seed)
     cached = load(folder) if folder.is_dir() else None
     if cached is not None:
+        _warn(getattr(cached, "said", []))  # what tokenizing said, said again
         if log is not None:
             log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
         return cached
-    cells = backbone.tokenize(expr, config, seed=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cells = backbone.tokenize(expr, config, seed=seed)
+    said = [(_category_name(w.category), str(w.message)) for w in caught]
+    _warn(said)
     try:
-        save(folder, cells)
+        save(folder, cells, said)
     except OSError:  # a read-only or full disk only costs the next run the work
         pass
     return cells

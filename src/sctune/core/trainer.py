@@ -283,33 +283,51 @@ def _split_batch(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor
     return inputs, batch["targets"]
 
 
+def _length_sorted_batches(cells: Any, batch_size: int) -> Iterator[tuple[np.ndarray, Any]]:
+    """``(row indices, collated batch)`` with cells sorted by token count, so each batch pads to
+    about its own length (inference only: results go back to the rows they came from)."""
+    n = len(cells)
+    lengths = cells.lengths() if hasattr(cells, "lengths") else None
+    order = np.arange(n) if lengths is None else np.argsort(lengths, kind="stable")
+    for lo in range(0, n, batch_size):
+        idx = order[lo : lo + batch_size]
+        yield idx, cells.collate([cells[int(i)] for i in idx])
+
+
 @torch.no_grad()
 def embed_and_score(
     model: Any, cells: Any, batch_size: int, accelerator: Any, *, merged_head_only: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cell embeddings and head outputs for every cell (eval mode, original order)."""
     model.eval()
-    dl = DataLoader(cells, batch_size=batch_size, shuffle=False, collate_fn=cells.collate)
-    embs, logits = [], []
-    for batch in dl:
+    embs: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    for idx, batch in _length_sorted_batches(cells, batch_size):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             cell, out = model(batch)
-        embs.append(cell.float().cpu())
-        logits.append(out.float().cpu())
-    return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+        cell, out = cell.float().cpu().numpy(), out.float().cpu().numpy()
+        if embs is None or logits is None:
+            embs = np.zeros((len(cells), *cell.shape[1:]), dtype=cell.dtype)
+            logits = np.zeros((len(cells), *out.shape[1:]), dtype=out.dtype)
+        embs[idx], logits[idx] = cell, out
+    if embs is None or logits is None:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return embs, logits
 
 
 @torch.no_grad()
 def embed_only(backbone: Any, cells: Any, batch_size: int, accelerator: Any) -> np.ndarray:
     backbone.eval()
-    dl = DataLoader(cells, batch_size=batch_size, shuffle=False, collate_fn=cells.collate)
-    out = []
-    for batch in dl:
+    out: np.ndarray | None = None
+    for idx, batch in _length_sorted_batches(cells, batch_size):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
-            out.append(backbone(batch).cell.float().cpu())
-    return torch.cat(out).numpy()
+            cell = backbone(batch).cell.float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(cells), *cell.shape[1:]), dtype=cell.dtype)
+        out[idx] = cell
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def fit(

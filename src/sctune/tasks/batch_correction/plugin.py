@@ -350,6 +350,23 @@ class BatchCorrectionTask(Task):
             plots.umap_grid(embs, batch, labels, out_dir / "umap_integration.png")
         return result
 
+    def reference_embeddings(
+        self, targets: np.ndarray, prepared: BatchState, config: Any
+    ) -> dict[str, np.ndarray]:
+        """``X_pca`` (uncorrected PCA of the log-normalised training HVGs) and ``X_harmony``
+        (Harmony on it, by batch) for every cell, as configured in ``references``."""
+        from sctune.tasks.batch_correction import metrics
+
+        if targets.shape[1] <= 2 or len(targets) < 3 or not config.references:
+            return {}
+        pre = metrics.pca(targets[:, 2:], config.n_pcs)
+        out = {"X_pca": pre} if "pca" in config.references else {}
+        if "harmony" in config.references:
+            b = targets[:, 0].astype(np.int64)
+            names = np.array(prepared.batches + ["unknown"], dtype=object)
+            out["X_harmony"] = metrics.harmony(pre, names[np.where(b >= 0, b, len(names) - 1)])
+        return out
+
     def annotate(self, logits: np.ndarray, prepared: BatchState) -> dict[str, np.ndarray]:
         """The discriminator's guess of each cell's batch: how identifiable it still is."""
         if not prepared.n_disc:
