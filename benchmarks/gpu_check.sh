@@ -15,7 +15,7 @@
 #        bash benchmarks/gpu_check.sh
 #      Everything it writes goes to $OUT (or ./gpu_check_out): install.log, pytest.log,
 #      vs_reference.{json,log}, throughput.{json,log}. Steps are independent and each has its own
-#      time limit (install 80 s, pytest 150 s, vs_reference 170 s, throughput 60 s: 7.7 min at
+#      time limit (install 80 s, pytest 120 s, vs_reference 220 s, throughput 50 s: 7.8 min at
 #      most); a failing step is reported and the next one still runs; the exit status is the
 #      number of failed steps.
 set -u
@@ -81,7 +81,7 @@ fi
 $PY -c "import sctune, torch; print('sctune', sctune.__version__, 'torch', torch.__version__)" || failed=$((failed + 1))
 
 step "pytest -m gpu --run-gpu (fused SDPA kernel, checkpointing, compile, every backbone x precision)"
-timeout 150 $PY -m pytest -m gpu --run-gpu -q -p no:cacheprovider tests > "$OUT_DIR/pytest.log" 2>&1
+timeout 120 $PY -m pytest -m gpu --run-gpu -q -p no:cacheprovider tests > "$OUT_DIR/pytest.log" 2>&1
 rc=$?
 tail -15 "$OUT_DIR/pytest.log"
 if [ $rc -eq 5 ]; then
@@ -91,15 +91,15 @@ elif [ $rc -ne 0 ]; then
     failed=$((failed + 1))
 fi
 
-step "vs_reference: reference scGPT vs sctune, whole-human size, bf16, step 32 x 1200 + pbmc3k epoch"
+step "vs_reference: reference scGPT vs sctune, whole-human size, bf16, step 32 x 1200 + pbmc3k epoch at max_seq_len 3001 (the tutorial's)"
 [ -d .data ] && export SCTUNE_SHARED_DATA="$PWD/.data"
-timeout 170 $PY benchmarks/vs_reference.py --repeats 10 --warmup 3 \
+timeout 220 $PY benchmarks/vs_reference.py --repeats 10 --warmup 3 --max-seq-len 3001 \
     --epoch-methods full gene_encoder_prompt lora --json "$OUT_DIR/vs_reference.json" \
     2>&1 | tee "$OUT_DIR/vs_reference.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 
 step "throughput: every method, whole-human size, seq 1200, batch 8, bf16"
-timeout 60 $PY benchmarks/throughput.py --precision bf16 --repeats 10 --warmup 2 \
+timeout 50 $PY benchmarks/throughput.py --precision bf16 --repeats 10 --warmup 2 \
     --json "$OUT_DIR/throughput.json" 2>&1 | tee "$OUT_DIR/throughput.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || failed=$((failed + 1))
 

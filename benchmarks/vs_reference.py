@@ -327,9 +327,11 @@ def child_epoch(a: Any) -> dict[str, Any]:
                 pad_value=-2.0,
                 seed=0,
             )
-        else:
+        else:  # through the token cache: the later children of a run read the first's tokens
+            from sctune.core.tokencache import tokenize_cached
+
             t0 = time.perf_counter()
-            cells = backbone.tokenize(expr, bcfg, seed=0)
+            cells = tokenize_cached(backbone, expr, bcfg, seed=0)
         tokenize_s = time.perf_counter() - t0
     model = model.to(device).train()
     step, _ = _make_step(model, a.impl, task, prepared, tcfg, device, a)

@@ -188,3 +188,32 @@ def test_run_logs_padding_and_reuses_tokens(tiny_h5ad: Path, tmp_path: Path) -> 
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())["test"]
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())["test"]
     assert a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"]
+
+
+def test_head_only_embeds_each_cell_once(
+    tiny_h5ad: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Head-only: the frozen backbone embeds the training and validation cells once for
+    training; evaluation reuses them and embeds only the rest. Same outputs as predict."""
+    import anndata as ad
+
+    from sctune.core import trainer
+
+    seen: list[int] = []
+    original = trainer.embed_only
+
+    def counting(backbone, cells, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(len(cells))
+        return original(backbone, cells, *a, **k)
+
+    monkeypatch.setattr(trainer, "embed_only", counting)
+    rec = testing.example_recipe(REGISTRY, "scgpt", "head", tmp_path, tiny_h5ad, epochs=2)
+    result = api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None)
+    n = ad.read_h5ad(tiny_h5ad).n_obs
+    assert sum(seen) == n  # train + valid during fit, the test cells afterwards
+    out = api.predict(result.run_dir, tiny_h5ad, tmp_path / "p.h5ad", registry=REGISTRY)
+    got, want = ad.read_h5ad(out), ad.read_h5ad(result.run_dir / "predictions.h5ad")
+    np.testing.assert_array_equal(
+        got.obs["sctune_prediction"].to_numpy(str), want.obs["sctune_prediction"].to_numpy(str)
+    )
+    np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5)

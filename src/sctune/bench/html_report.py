@@ -257,7 +257,6 @@ def render(
     lookup = {
         (c["task"], c["dataset"], c["backbone"], c["method"], c["reference"]): c for c in comps
     }
-    refs = spec.stats.compare_to
     n_ok = sum(r["status"] == "ok" for r in rows if r["backbone"] != NO_BACKBONE)
     n = sum(r["backbone"] != NO_BACKBONE for r in rows)
     parts = [
@@ -275,6 +274,7 @@ def render(
     for task, dataset in md.sections(plan, summary):
         ct = plan.tasks[task] == "cell_type"
         main = "macro_f1" if ct else "total"
+        refs = spec.stats.references(plan.tasks[task])
         sid = f"{task}-{dataset}"
         group = md.order(
             [s for s in summary if (s["task"], s["dataset"]) == (task, dataset)], plan

@@ -14,7 +14,7 @@ TEST_NOTE = (
     "comparison on the same seeds and splits — for cell typing a paired bootstrap over test "
     "cells stratified by seed (both methods scored on the same resampled cells; percentile "
     "interval; p two-sided), for batch correction a t interval of the per-seed differences of "
-    "the total score. `wins` counts the seeds where the method scored higher. The per-seed "
+    "the total score, with the exact Wilcoxon signed-rank p (0.25 at best with 3 seeds). `wins` counts the seeds where the method scored higher. The per-seed "
     "Wilcoxon signed-rank p is in `comparisons.csv` (with 3 seeds it cannot go below 0.25)."
 )
 
@@ -108,11 +108,11 @@ def render(
     lookup = {
         (c["task"], c["dataset"], c["backbone"], c["method"], c["reference"]): c for c in comps
     }
-    refs = spec.stats.compare_to
     for task, dataset in sections(plan, summary):
         group = order([s for s in summary if (s["task"], s["dataset"]) == (task, dataset)], plan)
         ct = plan.tasks[task] == "cell_type"
         main = "macro_f1" if ct else "total"
+        refs = spec.stats.references(plan.tasks[task])
         lines += [f"## {task} — {dataset}", ""]
         if ct:
             head = ["method", "seeds", "trainable", "macro F1 [95% CI]", "accuracy", "bal. acc.",

@@ -226,7 +226,7 @@ def compare(
     out = []
     for key, by_seed in ok.items():
         task, dataset, backbone, method = key
-        for ref in cfg.compare_to:
+        for ref in cfg.references(plan.tasks[task]):
             rkey = (task, dataset, backbone if ref in plan.methods else NO_BACKBONE, ref)
             if rkey == key or rkey not in ok:
                 continue

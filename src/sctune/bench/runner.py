@@ -119,12 +119,12 @@ def run_bench(
     from sctune.bench import baselines
 
     baselines.compute_all(root, plan, log=log)
-    result.seconds = time.perf_counter() - start
     _status_table(root, plan, log)
     if report:
         from sctune.bench import report as rep
 
         result.files = rep.write_report(root, plan, log=log)
+    result.seconds = time.perf_counter() - start
     if result.failed:
         log(f"{len(result.failed)} cell(s) failed: " + ", ".join(sorted(result.failed)))
     return result

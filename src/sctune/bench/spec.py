@@ -18,7 +18,7 @@ A grid (``sctune bench GRID.yaml``; a shipped one by name, e.g. ``paper_small``)
     rules:                            # overrides for the cells a 'when' matches
       - {when: {backbone: geneformer}, set: {data.path: scanpy:pbmc68k_reduced_counts}}
     baselines: {per_backbone: [full, head, zero_shot], cell_type: [logreg, knn_pca]}
-    stats: {compare_to: [full, logreg], bootstrap: 2000, rare_fraction: 0.05}
+    stats: {compare_to: [full, logreg], compare_to_batch: [full, harmony], bootstrap: 2000}
 
 A cell's recipe is built in this order: the backbone's recipe; ``set``; the dataset's ``data``
 section (replacing the recipe's); the task section (merged into the recipe's when it names the
@@ -108,7 +108,19 @@ class BaselineSpec(_Strict):
 class StatsSpec(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     bootstrap: int = Field(2000, ge=100, description="paired bootstrap resamples")
-    compare_to: list[str] = Field(default_factory=lambda: ["full", "logreg"])
+    compare_to: list[str] = Field(
+        default_factory=lambda: ["full", "logreg"],
+        description="references of the paired comparisons, cell typing",
+    )
+    compare_to_batch: list[str] = Field(
+        default_factory=lambda: ["full", "harmony"],
+        description="references of the paired comparisons, batch correction",
+    )
+
+    def references(self, task_plugin: str) -> list[str]:
+        """The references of a task's comparisons."""
+        return self.compare_to_batch if task_plugin == "batch_correction" else self.compare_to
+
     rare_fraction: float = Field(
         0.05, gt=0, lt=1, description="a class is rare below this share of training cells"
     )
@@ -329,11 +341,15 @@ def _cross_problems(spec: BenchSpec) -> list[str]:
                 if value not in known[k]:
                     problems.append(_unknown(f"rules.{i}.when.{k}", k, value, known[k]))
     baselines: list[str] = [*spec.baselines.cell_type, *spec.baselines.batch_correction]
-    for i, c in enumerate(spec.stats.compare_to):
-        if c not in methods and c not in baselines:
-            problems.append(
-                _unknown(f"stats.compare_to.{i}", "method or baseline", c, methods + baselines)
-            )
+    plugins = {str(t.task.get("name", k)) for k, t in spec.tasks.items()}
+    keys = ["compare_to"] if plugins - {"batch_correction"} else []
+    keys += ["compare_to_batch"] if "batch_correction" in plugins else []
+    for key in keys:  # only the references of the grid's own tasks
+        for i, c in enumerate(getattr(spec.stats, key)):
+            if c not in methods and c not in baselines:
+                problems.append(
+                    _unknown(f"stats.{key}.{i}", "method or baseline", c, methods + baselines)
+                )
     for dname, dspec in spec.datasets.items():
         if "path" not in dspec.data:
             problems.append(f"datasets.{dname}.data.path: required key is missing")

@@ -71,10 +71,10 @@ def read_adata(path: str, *, where: str = "data.path", backed: bool = False) -> 
         )
     import anndata as ad
 
-    if backed:
+    if backed and _has_x(file):
         try:
             return ad.read_h5ad(file, backed="r")
-        except Exception:  # e.g. no X (anndata cannot back it): read it whole, or say why not
+        except Exception:  # anndata cannot back it: read it whole, or say why not
             pass
     try:
         return ad.read_h5ad(file)
@@ -85,6 +85,17 @@ def read_adata(path: str, *, where: str = "data.path", backed: bool = False) -> 
             hint="sctune reads AnnData .h5ad files (adata.write_h5ad); the file may be "
             "truncated or in another format",
         ) from exc
+
+
+def _has_x(file: Path) -> bool:
+    """Whether ``file`` is an HDF5 h5ad with an ``X`` (only then can anndata open it backed)."""
+    try:
+        import h5py  # type: ignore[import-untyped]
+
+        with h5py.File(file, "r") as f:
+            return "X" in f
+    except Exception:
+        return False
 
 
 def describe_path(path: str | list[str] | dict[str, str]) -> str:

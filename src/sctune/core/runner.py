@@ -322,7 +322,7 @@ def export_backbone(
         + yaml.safe_dump({"backbone": {"name": inp.backbone.name, **relative}}, sort_keys=False)
     )
     files = sorted(p.name for p in out_dir.iterdir())
-    log(f"exported the backbone in its real format to {out_dir} ({', '.join(files)})")
+    log(f"exported the backbone in its real format to <run>/{EXPORT_DIR}/ ({', '.join(files)})")
     return {
         "exported": True,
         "folder": EXPORT_DIR,
@@ -430,9 +430,22 @@ def _infer(rec: Any, inp: Inputs, ctx: Any) -> _Outputs:
     merged = asm.merged_for_inference()
     for h in merged:
         h.merge()
-    emb, logits = embed_and_score(
-        asm.model, inp.tokens, rec.trainer.eval_batch_size, ctx.accelerator
-    )
+    known = ctx.extra.pop("backbone_embeddings", None)  # head-only: set by fit
+    if known is not None and not merged:
+        from sctune.core.trainer import score_reusing_embeddings
+
+        emb, logits = score_reusing_embeddings(
+            asm.model,
+            inp.tokens,
+            rec.trainer.eval_batch_size,
+            ctx.accelerator,
+            np.concatenate([inp.split["train"], inp.split["valid"]]),
+            np.concatenate([known["train"], known["valid"]]),
+        )
+    else:
+        emb, logits = embed_and_score(
+            asm.model, inp.tokens, rec.trainer.eval_batch_size, ctx.accelerator
+        )
     for h in merged:  # adapter-only files hold unmerged tensors
         h.unmerge()
     ref = None

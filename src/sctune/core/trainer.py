@@ -126,7 +126,7 @@ class LengthBucketSampler(Sampler[list[int]]):
     Each epoch draws an order of the cells from ``generator`` (a permutation, or with
     ``weights`` a weighted draw with replacement, as ``WeightedRandomSampler``), cuts it into
     pools of ``pool_batches`` batches, sorts each pool by length jittered by up to ``jitter``
-    (10 %: cells of similar length land in different batches every epoch), cuts the pool into
+    (5 %: cells of similar length land in different batches every epoch), cuts the pool into
     batches and shuffles the batches, keeping a short batch (if any) last, where a
     multi-process split expects it. Every cell of an epoch's draw is in exactly one batch; all
     randomness comes from ``generator`` at the start of the epoch, so saving its state between
@@ -143,7 +143,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         *,
         weights: np.ndarray | None = None,
         pool_batches: int = 50,
-        jitter: float = 0.1,
+        jitter: float = 0.05,
     ) -> None:
         self.lengths = np.asarray(lengths, dtype=np.float64)
         self.jitter = jitter
@@ -317,6 +317,33 @@ def embed_and_score(
 
 
 @torch.no_grad()
+def score_reusing_embeddings(
+    model: Any,
+    cells: Any,
+    batch_size: int,
+    accelerator: Any,
+    rows: np.ndarray,
+    embeddings: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`embed_and_score` for a head on the frozen backbone's cell embedding (head-only),
+    when ``embeddings`` of ``rows`` are already known: only the other cells go through the
+    backbone, and the head scores every embedding."""
+    n = len(cells)
+    emb = np.zeros((n, embeddings.shape[1]), dtype=np.float32)
+    emb[rows] = embeddings
+    todo = np.setdiff1d(np.arange(n), rows)
+    if len(todo):
+        emb[todo] = embed_only(model.backbone, cells.subset(todo), batch_size, accelerator)
+    model.head.eval()
+    out = []
+    for lo in range(0, n, batch_size):
+        x = torch.as_tensor(emb[lo : lo + batch_size]).to(accelerator.device)
+        with accelerator.autocast():
+            out.append(model.head(x).float().cpu().numpy())
+    return emb, np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
 def embed_only(backbone: Any, cells: Any, batch_size: int, accelerator: Any) -> np.ndarray:
     backbone.eval()
     out: np.ndarray | None = None
@@ -370,6 +397,8 @@ def fit(
             if len(valid)
             else torch.zeros(0, tr.shape[1])
         )
+        # kept for the evaluation after training, which then embeds only the other cells
+        ctx.extra["backbone_embeddings"] = {"train": tr.numpy(), "valid": va.numpy()}
         train_ds: Dataset = TensorDataset(tr, torch.as_tensor(train_targets))
         valid_ds: Dataset = TensorDataset(va, torch.as_tensor(valid_targets))
         collate = None
