@@ -329,7 +329,9 @@ def export_backbone(
         "files": files,
         "options": {k: rel(v, out_dir.parent) for k, v in options.items()},
         "decoder_tensors": len(decoder or {}),
-        "reload": str(summary) if summary is not None else "built",
+        "reload": str(summary).replace(str(out_dir), f"<run>/{EXPORT_DIR}")
+        if summary is not None
+        else "built",
         "reloads_identically": same,
     }
 
