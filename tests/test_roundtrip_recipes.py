@@ -18,7 +18,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from sctune import api
+from sctune import api, testing
 from sctune.core.errors import CompatibilityError, SctuneError
 
 REGISTRY = api.get_registry()
@@ -71,13 +71,6 @@ def test_every_shipped_small_recipe_is_in_the_round_trip() -> None:
             assert "checkpoint" in (_runnable(name) or ""), name
 
 
-def _task_overrides(recipe: str) -> list[str]:
-    """Tiny settings for the task's own options, where it has them (no option named by task)."""
-    fields = REGISTRY.get("task", api.load(recipe, registry=REGISTRY).task.name).cls.config_cls
-    light = {"min_class_cells": 1, "n_hvg": 50, "references": "[]", "kbet": "false"}
-    return [f"task.{k}={v}" for k, v in light.items() if k in fields.model_fields]
-
-
 def _same_outputs(got_path: Path, want_path: Path) -> None:
     """Every column the task writes agrees (labels 100 %, numbers to 1e-5), and X_sctune."""
     got, want = ad.read_h5ad(got_path), ad.read_h5ad(want_path)
@@ -96,7 +89,11 @@ def _same_outputs(got_path: Path, want_path: Path) -> None:
 @pytest.mark.parametrize(("recipe", "adapter"), CASES)
 def test_predict_reproduces_the_run(recipe: str, adapter: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    overrides = [*TINY, *_task_overrides(recipe), f"adapter={{name: {adapter}}}"]
+    overrides = [
+        *TINY,
+        *testing.light_task_overrides(REGISTRY, recipe),
+        f"adapter={{name: {adapter}}}",
+    ]
     overrides.append(f"output.dir={out}")
     if not REGISTRY.get("adapter", adapter).cls.trains:  # no fresh, never-trained stem
         backbone = REGISTRY.get("backbone", api.load(recipe, registry=REGISTRY).backbone.name)

@@ -360,7 +360,7 @@ def _check_surfaces(
     import torch
     from torch import nn
 
-    from sctune.core.capabilities import Capability
+    from sctune.core.capabilities import INSERTION_POINTS, Capability
     from sctune.core.surfaces import Surfaces
 
     if not r.expect(isinstance(surfaces, Surfaces), "surfaces() must return a Surfaces"):
@@ -369,7 +369,7 @@ def _check_surfaces(
         isinstance(surfaces.hidden_size, int) and surfaces.hidden_size > 0,
         f"Surfaces.hidden_size must be a positive int (got {surfaces.hidden_size!r})",
     )
-    missing = set(cls.provides) - set(surfaces.provides()) - {Capability.MASKED_MODELLING}
+    missing = (set(cls.provides) & INSERTION_POINTS) - set(surfaces.provides())
     r.expect(
         not missing,
         f"'provides' declares {', '.join(sorted(map(str, missing)))}, but surfaces() does not "

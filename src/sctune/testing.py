@@ -208,6 +208,25 @@ def adata_genes(path: Path) -> list[str]:
     return [str(g) for g in ad.read_h5ad(path, backed="r").var_names]
 
 
+LIGHT_TASK_OPTIONS: dict[str, str] = {
+    "min_class_cells": "1",
+    "n_hvg": "50",
+    "references": "[]",
+    "kbet": "false",
+}
+"""Cheap settings of task options, applied by :func:`light_task_overrides` where a task has them."""
+
+
+def light_task_overrides(registry: Registry, recipe: Any) -> list[str]:
+    """``task.<key>=<value>`` overrides that make ``recipe``'s task cheap for a test (tiny classes
+    allowed, few HVGs, no reference embeddings, no kBET), for the options its config has."""
+    from sctune import api
+
+    name = api.load(recipe, registry=registry).task.name
+    fields = registry.get("task", name).cls.config_cls.model_fields
+    return [f"task.{k}={v}" for k, v in LIGHT_TASK_OPTIONS.items() if k in fields]
+
+
 def example_recipe(
     registry: Registry,
     backbone: str,

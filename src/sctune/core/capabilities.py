@@ -24,3 +24,7 @@ class Capability(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+INSERTION_POINTS = frozenset(c for c in Capability if c is not Capability.MASKED_MODELLING)
+"""The capabilities that are places in the module (what ``Surfaces.provides()`` can report)."""

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from sctune.backbones.geneformer.weights import count_parameters, read_bert_config
+from sctune.core.capabilities import INSERTION_POINTS
 from sctune.core.errors import CheckpointError
-from sctune.core.surfaces import Capability
 
 
 def _batch(vocab: int, lengths=(12, 7, 3), seed: int = 0) -> dict[str, torch.Tensor]:
@@ -167,7 +167,7 @@ def test_sdpa_path_is_used(tiny_v1, backbone, make_config, monkeypatch):
 def test_prompts_inserted_then_stripped(tiny_v1, backbone, make_config):
     module = backbone.build(make_config(tiny_v1)).eval()
     surfaces = backbone.surfaces(module)
-    assert surfaces.provides() == frozenset(Capability)
+    assert surfaces.provides() == INSERTION_POINTS
     batch = _batch(module.bert.config.vocab_size)
     with torch.no_grad():
         base = module(batch)

@@ -15,7 +15,7 @@ from scipy import sparse
 
 from sctune.backbones.geneformer import plugin
 from sctune.backbones.geneformer.config import GeneformerConfig
-from sctune.core.capabilities import Capability
+from sctune.core.capabilities import INSERTION_POINTS, Capability
 from sctune.core.cells import Expression
 
 
@@ -32,7 +32,7 @@ def test_registration_and_cheap_import():
 
 def test_surface_notes(tiny_v1, backbone, make_config):
     surfaces = backbone.surfaces(backbone.build(make_config(tiny_v1)))
-    assert set(surfaces.notes) == {c.value for c in Capability}
+    assert set(surfaces.notes) == {c.value for c in INSERTION_POINTS}
     assert surfaces.hidden_size == 32 and len(surfaces.blocks) == 2
     assert "position 1" in surfaces.notes["prompt_tokens"]
 

@@ -11,7 +11,7 @@ from torch import nn
 from sctune.backbones.scbert.model import ScBERTModel
 from sctune.backbones.scbert.performer import default_nb_features, orthogonal_gaussian_features
 from sctune.backbones.scbert.weights import from_performer_pytorch, load_state
-from sctune.core.capabilities import Capability
+from sctune.core.capabilities import INSERTION_POINTS, Capability
 
 N = 20
 TINY = {"dim": 16, "depth": 2, "heads": 2, "dim_head": 8}
@@ -106,13 +106,14 @@ def test_mean_pooling_reads_gene_positions_only() -> None:
 def test_surfaces_cover_all_capabilities(backbone, tiny_config) -> None:
     model = backbone.build(tiny_config)
     surf = backbone.surfaces(model)
-    assert surf.provides() == frozenset(Capability) == backbone.provides
+    assert surf.provides() == INSERTION_POINTS
+    assert backbone.provides == frozenset(Capability)
     assert surf.hidden_size == 16 and len(surf.blocks) == 2
     attn = model.layers[0][0].fn
     assert surf.blocks[0].projections["q"].module is attn.to_q
     assert surf.blocks[0].projections["o"].module is attn.to_out
     assert surf.blocks[1].projections["ffn_out"].module is model.layers[1][1].fn.fn.w2
-    assert set(surf.notes) == {c.value for c in Capability}
+    assert set(surf.notes) == {c.value for c in INSERTION_POINTS}
 
 
 class _Shift(nn.Module):

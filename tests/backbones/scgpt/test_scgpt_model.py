@@ -12,7 +12,7 @@ from sctune.backbones.scgpt.config import ScGPTConfig
 from sctune.backbones.scgpt.model import ScGPTEncoder
 from sctune.backbones.scgpt.plugin import ScGPTBackbone
 from sctune.backbones.scgpt.weights import write_checkpoint
-from sctune.core.capabilities import Capability
+from sctune.core.capabilities import INSERTION_POINTS, Capability
 from sctune.core.errors import CheckpointError
 
 
@@ -182,8 +182,9 @@ def test_surfaces_and_slots_are_used(h):
         len(vocab), pad_id=vocab["<pad>"], embsize=32, nheads=4, d_hid=64, nlayers=2, dropout=0.0
     ).eval()
     surf = backbone.surfaces(model)
-    assert surf.provides() == ScGPTBackbone.provides == frozenset(Capability)
-    assert set(surf.notes) == {c.value for c in Capability}
+    assert surf.provides() == INSERTION_POINTS
+    assert ScGPTBackbone.provides == frozenset(Capability)
+    assert set(surf.notes) == {c.value for c in INSERTION_POINTS}
     site = surf.blocks[0].projections["v"]
     assert site.module is model.transformer_encoder.layers[0].self_attn.Wqkv
     assert site.rows == slice(64, 96)
