@@ -179,3 +179,32 @@ def test_end_to_end_scores_sctune_pca_and_harmony(registry, tmp_path: Path) -> N
     np.testing.assert_array_equal(
         got.obs["sctune_batch_guess"].to_numpy(str), want.obs["sctune_batch_guess"].to_numpy(str)
     )
+
+
+def test_per_batch_sampling_gives_single_batch_minibatches() -> None:
+    import torch
+
+    from sctune.core.trainer import GroupBatchSampler
+    from sctune.tasks.batch_correction.config import BatchCorrectionConfig
+    from sctune.tasks.batch_correction.plugin import BatchCorrectionTask
+
+    targets = np.zeros((103, 3), dtype=np.float32)
+    targets[:, 0] = np.repeat([0, 1, 2], [50, 40, 13])
+    task = BatchCorrectionTask()
+    assert task.sampling_groups(targets, None, BatchCorrectionConfig()) is None
+    groups = task.sampling_groups(targets, None, BatchCorrectionConfig(per_batch_sampling=True))
+    assert groups is not None and np.array_equal(groups, targets[:, 0].astype(int))
+    gen = torch.Generator().manual_seed(0)
+    sampler = GroupBatchSampler(groups, 16, gen)
+    first = list(sampler)
+    cells = np.concatenate(first)
+    assert sorted(cells.tolist()) == list(range(103))  # every cell once per epoch
+    mixed = [b for b in first if len(set(groups[b].tolist())) > 1]
+    assert len(mixed) <= 3 and all(len(b) == 16 for b in first[:-1])
+    if mixed:  # the leftovers of every group fill the last batches only
+        assert first[-len(mixed) :] == mixed
+    state = gen.get_state()
+    second = list(sampler)
+    gen.set_state(state)
+    assert list(sampler) == second  # resumable from the generator alone
+    assert first != second  # a new order every epoch

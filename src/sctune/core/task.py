@@ -155,6 +155,16 @@ class Task(ABC):
     ) -> torch.Tensor:
         """The training loss of head outputs ``logits`` against integer ``targets``."""
 
+    def sampling_groups(
+        self, targets: np.ndarray, prepared: Any, config: PluginConfig
+    ) -> np.ndarray | None:
+        """A group label per TRAINING cell (rows of its ``targets``), or ``None`` (default).
+
+        When given, every training minibatch holds cells of one group (shuffled within groups,
+        batches in random order; the leftovers of all groups fill the last batches), e.g.
+        scPEFT's per-batch sampling. Length bucketing and ``sample_weights`` are then unused."""
+        return None
+
     def exports_backbone(self, config: PluginConfig) -> bool:
         """True when a run with ``config`` writes the trained backbone in its real checkpoint
         format (``Backbone.export_checkpoint``) into ``<run>/pretrained`` (pretraining).

@@ -174,6 +174,44 @@ class LengthBucketSampler(Sampler[list[int]]):
             yield batch.tolist()
 
 
+class GroupBatchSampler(Sampler[list[int]]):
+    """Batches that each hold cells of one group (e.g. one experimental batch), in random order.
+
+    Each epoch shuffles the cells of every group and cuts them into full batches; the leftover
+    cells of all groups (fewer than a batch per group) are shuffled together into the last
+    batches, so every cell is used once per epoch and at most ``n_groups`` tail batches mix
+    groups (a short one last, where a multi-process split expects it). All randomness comes
+    from ``generator``, so saving its state between epochs resumes the exact sequence.
+    """
+
+    drop_last = False
+
+    def __init__(self, groups: np.ndarray, batch_size: int, generator: torch.Generator) -> None:
+        self.groups = np.asarray(groups)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.groups) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        bs = self.batch_size
+        full: list[np.ndarray] = []
+        rest: list[np.ndarray] = []
+        for g in np.unique(self.groups):
+            members = np.flatnonzero(self.groups == g)
+            members = members[torch.randperm(len(members), generator=self.generator).numpy()]
+            cut = len(members) - len(members) % bs
+            full += [members[i : i + bs] for i in range(0, cut, bs)]
+            rest.append(members[cut:])
+        order = [full[i] for i in torch.randperm(len(full), generator=self.generator)]
+        tail = np.concatenate(rest) if rest else np.zeros(0, dtype=np.int64)
+        tail = tail[torch.randperm(len(tail), generator=self.generator).numpy()]
+        order += [tail[i : i + bs] for i in range(0, len(tail), bs)]
+        for batch in order:
+            yield batch.tolist()
+
+
 def _loader(
     ds: Dataset,
     batch: int,
@@ -409,16 +447,24 @@ def fit(
         net = model
     sampler_gen = torch.Generator().manual_seed(seed)
     bucketing = getattr(trainer_cfg, "length_bucketing", False) and not cache_embeddings
-    train_dl = _loader(
-        train_ds,
-        trainer_cfg.batch_size,
-        collate,
-        shuffle=True,
-        weights=weights,
-        generator=sampler_gen,
-        lengths=train.lengths() if bucketing and hasattr(train, "lengths") else None,
-        pool_batches=getattr(trainer_cfg, "bucket_pool", 50),
-    )
+    groups = task.sampling_groups(train_targets, prepared, task_cfg)
+    if groups is not None:  # the task asks for batches of one group each
+        train_dl = DataLoader(
+            train_ds,
+            batch_sampler=GroupBatchSampler(groups, trainer_cfg.batch_size, sampler_gen),
+            collate_fn=collate,
+        )
+    else:
+        train_dl = _loader(
+            train_ds,
+            trainer_cfg.batch_size,
+            collate,
+            shuffle=True,
+            weights=weights,
+            generator=sampler_gen,
+            lengths=train.lengths() if bucketing and hasattr(train, "lengths") else None,
+            pool_batches=getattr(trainer_cfg, "bucket_pool", 50),
+        )
     eval_batch = -(-trainer_cfg.eval_batch_size // acc.num_processes) * acc.num_processes
     valid_dl = _loader(valid_ds, eval_batch, getattr(valid_ds, "collate", None))
 

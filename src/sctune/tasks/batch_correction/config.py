@@ -21,6 +21,11 @@ class BatchCorrectionConfig(PluginConfig):
         "expression bins, cross-entropy)",
     )
     gep_weight: float = Field(1.0, ge=0, description="weight of the GEP term")
+    per_batch_sampling: bool = Field(
+        False,
+        description="every training minibatch holds cells of one batch (scPEFT's per-batch "
+        "sampling); replaces length bucketing",
+    )
     mask_ratio: float = Field(
         0.4, gt=0, lt=1, description="fraction of each cell's tokens masked for GEP (scPEFT: 0.4)"
     )

@@ -350,6 +350,12 @@ class BatchCorrectionTask(Task):
             plots.umap_grid(embs, batch, labels, out_dir / "umap_integration.png")
         return result
 
+    def sampling_groups(
+        self, targets: np.ndarray, prepared: BatchState, config: Any
+    ) -> np.ndarray | None:
+        """The cell's batch, when ``per_batch_sampling`` is on."""
+        return targets[:, 0].astype(np.int64) if config.per_batch_sampling else None
+
     def reference_embeddings(
         self, targets: np.ndarray, prepared: BatchState, config: Any
     ) -> dict[str, np.ndarray]:
