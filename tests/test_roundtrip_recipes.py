@@ -3,8 +3,9 @@
 Each shipped recipe is run as shipped (its backbone, head options such as ``input_norm: batch``,
 its randomly initialised backbone), with each compatible registered adapter swapped in by name,
 at a tiny size (1 epoch, few cells, no plots). ``api.predict`` on the run's own cells must
-reproduce ``predictions.h5ad``: the same labels for 100 % of cells and ``X_sctune`` within 1e-5,
-also after the run directory has been moved. New recipes and new adapters join without edits.
+reproduce ``predictions.h5ad``: every column the task writes (labels 100 %) and ``X_sctune``
+within 1e-5, also after the run directory has been moved (once per recipe, with its own
+method). New recipes and new adapters join without edits.
 Recipes that need files a user must supply (real checkpoints) are checked to fail for that
 reason only, so none is skipped silently.
 """
@@ -24,7 +25,7 @@ from sctune.core.errors import CompatibilityError, SctuneError
 REGISTRY = api.get_registry()
 RECIPES = api.recipes(REGISTRY)
 TINY = [
-    "data.max_cells=120",
+    "data.max_cells=90",
     "trainer.epochs=1",
     "trainer.num_threads=1",
     "trainer.device=cpu",
@@ -102,6 +103,8 @@ def test_predict_reproduces_the_run(recipe: str, adapter: str, tmp_path: Path) -
     own_cells = result.run_dir / "predictions.h5ad"
     _same_outputs(api.predict(result.run_dir, own_cells, tmp_path / "a.h5ad"), own_cells)
 
+    if adapter != api.load(recipe, registry=REGISTRY).adapters[0].name:
+        return  # moving the run directory is checked once per recipe, with its own method
     moved = tmp_path / "elsewhere" / "moved-run"
     moved.parent.mkdir()
     shutil.move(str(result.run_dir), moved)
