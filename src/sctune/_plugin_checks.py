@@ -335,11 +335,20 @@ def _check_masked_modelling(
             "Masked.positions must align with EncoderOutput.tokens (cells, positions)",
         )
         if out.tokens is not None:
-            loss, count, _ = objective.per_cell(objective.decode(out.tokens), masked)
+            loss, count, correct = objective.per_cell(objective.decode(out.tokens), masked)
             r.expect(bool(torch.isfinite(loss).all()), "the masked loss is not finite")
             r.expect(
                 float(count.sum()) == float(masked.positions.sum()),
                 "per_cell() counts differ from the masked positions",
+            )
+            fast = objective.score(out.tokens, masked)  # what heads call: masked positions only
+            r.expect(
+                all(
+                    torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+                    for a, b in zip(fast, (loss, count, correct))
+                ),
+                "score() (decoding the masked positions only) differs from "
+                "per_cell(decode(tokens)): decode() must act on each position independently",
             )
             loss.sum().backward()
             grads = [p.grad for p in objective.parameters()]

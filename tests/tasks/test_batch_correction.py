@@ -208,3 +208,190 @@ def test_per_batch_sampling_gives_single_batch_minibatches() -> None:
     gen.set_state(state)
     assert list(sampler) == second  # resumable from the generator alone
     assert first != second  # a new order every epoch
+
+
+# --------------------------------------------------------------------------- DSBN
+
+
+def _bn_by_hand(tokens: torch.Tensor, template: torch.nn.BatchNorm1d) -> torch.Tensor:
+    """A copy of ``template`` applied to ``tokens`` ``(N, C)`` (training mode)."""
+    bn = torch.nn.BatchNorm1d(tokens.shape[1], eps=6.1e-5, momentum=0.1)
+    bn.load_state_dict(template.state_dict())
+    bn.train()
+    out = bn(tokens)
+    template.load_state_dict(bn.state_dict())  # the running statistics it should now hold
+    return out
+
+
+def test_dsbn_normalises_each_domain_with_its_own_statistics() -> None:
+    from sctune.tasks.batch_correction.head import DomainSpecificBatchNorm
+
+    torch.manual_seed(0)
+    dsbn = DomainSpecificBatchNorm(6, 3)
+    with torch.no_grad():
+        for i, bn in enumerate(dsbn.bns):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_()
+            bn.running_mean.fill_(float(i))
+    refs = [torch.nn.BatchNorm1d(6, eps=6.1e-5, momentum=0.1) for _ in range(3)]
+    for ref, bn in zip(refs, dsbn.bns):
+        ref.load_state_dict(bn.state_dict())
+    x = torch.randn(5, 7, 6) * 3 + 2
+    domains = torch.tensor([1, 0, 1, 1, 0])  # domain 2 is absent from this minibatch
+    pad = torch.zeros(5, 7, dtype=torch.bool)
+    pad[0, 5:] = pad[3, 2:] = pad[4, 6:] = True
+    x[pad] = 100.0  # padding must neither count nor change
+    dsbn.train()
+    out = dsbn(x, domains, pad)
+    for d in (0, 1):
+        where = ~pad & (domains == d)[:, None]
+        want = _bn_by_hand(x[where], refs[d])
+        torch.testing.assert_close(out[where], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dsbn.bns[d].running_mean, refs[d].running_mean)
+        torch.testing.assert_close(dsbn.bns[d].running_var, refs[d].running_var)
+    assert torch.equal(out[pad], x[pad])
+    out.sum().backward()  # the absent domain's norm gets a zero gradient (audit, DDP), not none
+    assert dsbn.bns[2].weight.grad is not None and not dsbn.bns[2].weight.grad.any()
+    assert dsbn.bns[0].weight.grad.abs().sum() > 0
+    assert int(dsbn.bns[2].num_batches_tracked) == 0 and float(dsbn.bns[2].running_mean[0]) == 2
+    # without padding and with one domain per minibatch it is scGPT's norm over (B, C, L)
+    one = torch.randn(4, 9, 6)
+    ref = torch.nn.BatchNorm1d(6, eps=6.1e-5, momentum=0.1)
+    ref.load_state_dict(dsbn.bns[2].state_dict())
+    want = ref(one.permute(0, 2, 1)).permute(0, 2, 1)
+    torch.testing.assert_close(dsbn(one, torch.full((4,), 2)), want, atol=1e-5, rtol=1e-5)
+    # a group with one cell, even one with a single real position, does not fail in training
+    lone = torch.zeros(1, 3, dtype=torch.bool)
+    lone[0, 1:] = True
+    assert torch.isfinite(dsbn(torch.randn(1, 3, 6), torch.tensor([0]), lone)).all()
+    # evaluation: each domain's running statistics; unseen domains (-1, or out of range) the
+    # average of every domain's statistics and affine parameters
+    dsbn.eval()
+    out = dsbn(x, torch.tensor([0, 2, -1, 7, 1]), pad)
+    bns = list(dsbn.bns)
+    for row, bn in ((0, bns[0]), (1, bns[2]), (4, bns[1])):
+        real = ~pad[row]
+        torch.testing.assert_close(out[row][real], bn(x[row][real]))
+    mean, var = (
+        torch.stack([getattr(b, k) for b in bns]).mean(0) for k in ("running_mean", "running_var")
+    )
+    w, b = (torch.stack([getattr(bn, k) for bn in bns]).mean(0) for k in ("weight", "bias"))
+    for row in (2, 3):
+        real = ~pad[row]
+        want = (x[row][real] - mean) / torch.sqrt(var + 6.1e-5) * w + b
+        torch.testing.assert_close(out[row][real], want, atol=1e-5, rtol=1e-5)
+
+
+def test_dsbn_head_hooks_the_input_embedding_of_a_backbone(tmp_path: Path) -> None:
+    """Bound on the toy backbone: per-cell domains from the batch change the embedding, the
+    backbone's state dict is untouched, and a batch without domains is refused."""
+    from sctune.core.assembly import CellModel
+    from sctune.core.errors import CompatibilityError
+    from sctune.core.surfaces import Surfaces
+    from sctune.tasks.batch_correction.plugin import DOMAIN_FIELD
+
+    ex = testing.example_backbone(testing.ToyBackbone, tmp_path, n_cells=4)
+    keys = set(ex.module.state_dict())
+    head = IntegrationHead(ex.module.hidden_size, 2, 0, n_domains=2)
+    head.bind(ex.module, ex.surfaces())
+    assert set(ex.module.state_dict()) == keys
+    assert {k for k in head.state_dict() if k.startswith("dsbn.")} >= {
+        "dsbn.bns.0.weight",
+        "dsbn.bns.1.running_var",
+    }
+    with torch.no_grad():
+        head.dsbn.bns[1].running_mean.fill_(3.0)
+    model = CellModel(ex.module, head).eval()
+
+    def embed(domains: list[int]) -> torch.Tensor:
+        return model({**ex.batch, DOMAIN_FIELD: torch.tensor(domains)})[0]
+
+    a, b, c = embed([0, 0, 0, 0]), embed([1, 1, 1, 1]), embed([0, 1, -1, 0])
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(c[0], a[0])
+    torch.testing.assert_close(c[1], b[1])
+    assert not torch.allclose(c[2], a[2]) and not torch.allclose(c[2], b[2])
+    with pytest.raises(RuntimeError, match=DOMAIN_FIELD):
+        model(ex.batch)
+    with pytest.raises(CompatibilityError, match="input_embedding"):
+        IntegrationHead(8, 2, 0, n_domains=2).bind(ex.module, Surfaces(8, None, ()))
+
+
+DSBN_RECIPES = [
+    "scgpt/small_lora_batch_correction",
+    "geneformer/small_lora_batch_correction",
+    "scbert/small_gene_token_prompt_batch_correction",
+]
+
+
+@pytest.mark.parametrize("name", DSBN_RECIPES)
+def test_dsbn_end_to_end_on_every_backbone(name: str, registry, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from sctune.core.errors import SctuneWarning
+    from sctune.core.predictor import rebuild
+
+    overrides = [
+        "data.max_cells=90",
+        "trainer.epochs=1",
+        "trainer.num_threads=1",
+        "trainer.device=cpu",
+        "output.plots=false",
+        f"output.dir={tmp_path / 'run'}",
+        "task.dsbn=true",
+        "task.per_batch_sampling=true",  # small batches: the first step sees one domain only
+        "trainer.batch_size=8",
+        *testing.light_task_overrides(registry, name),
+        # GEP (the eval pass over the clean cells and a masked copy) on scGPT and scBERT;
+        # Geneformer's decoder over its 25k-token vocabulary would triple the test's time
+        *(["task.gep=false"] if name.startswith("geneformer") else []),
+    ]
+    result = api.run(name, overrides, registry=registry, progress=False, log=lambda m: None)
+    run = result.run_dir
+    head = load_file(run / "head.safetensors")
+    for d in (0, 1):
+        for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            assert f"head.dsbn.bns.{d}.{k}" in head
+    assert sum(int(head[f"head.dsbn.bns.{d}.num_batches_tracked"]) for d in (0, 1)) > 0
+    adapter = {k.removeprefix("backbone.") for k in load_file(run / "adapter.safetensors")}
+    assert not any("dsbn" in k for k in adapter)
+    if (run / "backbone.safetensors").is_file():  # a random backbone's drawn weights
+        assert not any("dsbn" in k for k in load_file(run / "backbone.safetensors"))
+    backbone, bcfg, asm, *_ = rebuild(run, registry)
+    keys = set(asm.model.backbone.state_dict())  # the built backbone's, plus the adapter's
+    assert keys - set(backbone.build(bcfg, load_weights=False).state_dict()) <= adapter
+    assert not any("dsbn" in k for k in keys)
+    # predict on the run's own cells reproduces the run
+    want = ad.read_h5ad(run / "predictions.h5ad")
+    got = ad.read_h5ad(api.predict(run, run / "predictions.h5ad", tmp_path / "again.h5ad"))
+    np.testing.assert_allclose(got.obsm["X_sctune"], want.obsm["X_sctune"], atol=1e-5, rtol=0)
+    # cells of batches never seen in training: the average norm, finite embeddings
+    unseen = want.copy()
+    unseen.obs["batch"] = "new_" + unseen.obs["batch"].astype(str)
+    unseen.write_h5ad(tmp_path / "unseen.h5ad")
+    with pytest.warns(SctuneWarning, match="DSBN"):
+        out = api.predict(run, tmp_path / "unseen.h5ad", tmp_path / "unseen_out.h5ad")
+    emb = ad.read_h5ad(out).obsm["X_sctune"]
+    assert emb.shape == want.obsm["X_sctune"].shape and np.isfinite(emb).all()
+
+
+def test_validate_refuses_dsbn_on_a_backbone_without_input_embedding() -> None:
+    from sctune.core.capabilities import Capability
+    from sctune.core.errors import CompatibilityError
+
+    class NoInputToy(testing.ToyBackbone):  # type: ignore[misc,valid-type]
+        name = "toy_no_input"
+        provides = testing.ToyBackbone.provides - {Capability.INPUT_EMBEDDING}
+
+    registry = testing.registry_with(NoInputToy)
+    recipe = {
+        "sctune": 1,
+        "name": "dsbn-refused",
+        "data": {"path": "cells.h5ad", "label_column": "cell_type"},
+        "backbone": {"name": "toy_no_input"},
+        "adapter": {"name": "full"},
+        "task": {"name": "batch_correction", "dsbn": True},
+    }
+    with pytest.raises(CompatibilityError, match="input_embedding"):
+        api.load(recipe, registry=registry)
+    api.load({**recipe, "task": {"name": "batch_correction"}}, registry=registry)

@@ -28,7 +28,9 @@ class CellModel(nn.Module):
         reads the whole encoder output; when it has a masked-modelling objective, training
         encodes a corrupted copy only (as in the backbones' own pretraining), and evaluation
         encodes the clean cells (the exported embedding) plus a copy corrupted with masks of a
-        fixed seed, combined by :meth:`EncoderHead.merge`.
+        fixed seed, combined by :meth:`EncoderHead.merge`. ``batch`` may also hold the task's
+        :meth:`~sctune.core.task.Task.model_inputs` fields (backbones ignore fields they do not
+        read; the corrupted copies keep them).
         """
         head = self.head
         if not isinstance(head, EncoderHead):
@@ -140,6 +142,8 @@ def assemble(
                 f"backbone '{backbone_plugin.name}' does not offer"
             )
         head.attach(objective)
+    if isinstance(head, EncoderHead):  # after the adapters: a head may hook an insertion point
+        head.bind(module, surfaces)
     # fresh modules (a pooler, scBERT's stem) feed the cell embedding: trained unless the head
     # never reads it (a pretraining head reads per-token outputs only)
     reads_cell = not isinstance(head, EncoderHead) or head.reads_cell_embedding

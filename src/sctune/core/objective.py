@@ -28,12 +28,15 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from sctune.core.cells import EncoderOutput
+
+if TYPE_CHECKING:
+    from sctune.core.surfaces import Surfaces
 
 EVAL_MASK_SEED = 20240517
 """Seed of the masks drawn in evaluation (validation, test, ``sctune predict``)."""
@@ -105,6 +108,30 @@ class MaskedModelling(nn.Module):
             correct = ((logits.argmax(-1) == target) & pos).to(torch.float32).sum(1)
         return loss, w.sum(1), correct
 
+    def score(
+        self, tokens: torch.Tensor, masked: Masked
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`per_cell` of the decoded per-token outputs ``(B, L, d)``, decoding only the
+        masked positions (a decoder over Geneformer's 25,426-token vocabulary costs the same
+        for every position it sees; most are not masked)."""
+        pos = masked.positions
+        cell, where = pos.nonzero(as_tuple=True)
+        prediction = self.decode(tokens[cell, where].unsqueeze(0)).squeeze(0)
+        target = masked.target[cell, where]
+        n = pos.shape[0]
+        zeros = torch.zeros(n, dtype=torch.float32, device=tokens.device)
+        count = zeros.index_add(0, cell, torch.ones_like(cell, dtype=torch.float32))
+        if self.kind == "regression":
+            err = (prediction.float() - target.float()) ** 2
+            correct = torch.full_like(zeros, float("nan"))
+        else:
+            logits = prediction.float()
+            label = target.long().clamp_min(0)
+            err = nn.functional.cross_entropy(logits, label, reduction="none")
+            hit = (logits.argmax(-1) == label).to(torch.float32)
+            correct = zeros.index_add(0, cell, hit)
+        return zeros.index_add(0, cell, err), count, correct
+
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The decoder's tensors under the names the backbone's real checkpoint uses (written
         back by a pretraining run). Default: none."""
@@ -132,7 +159,9 @@ class EncoderHead(nn.Module):
     ``Capability.MASKED_MODELLING`` in ``Task.requires_for`` so validate refuses backbones that
     offer none). ``mask_ratio`` is the fraction masked (``None``: the backbone's default).
     ``reads_cell_embedding=False`` (a pretraining head) leaves the backbone's fresh modules
-    (pooler, scBERT's stem), which only feed the cell embedding, untrained.
+    (pooler, scBERT's stem), which only feed the cell embedding, untrained. A head that acts
+    inside the backbone (a per-batch norm of the input embedding) installs itself in
+    :meth:`bind`.
     """
 
     objective: MaskedModelling | None
@@ -156,6 +185,20 @@ class EncoderHead(nn.Module):
         self.objective = objective
         if self.mask_ratio is None:
             self.mask_ratio = objective.default_ratio
+
+    def bind(self, module: nn.Module, surfaces: Surfaces) -> None:
+        """Install what the head needs inside the backbone; default: nothing.
+
+        :func:`sctune.core.assembly.assemble` calls it once, after the adapters were applied, with
+        the built backbone ``module`` and its insertion points. A head may register forward hooks
+        on a slot of ``surfaces`` (and a forward pre-hook on ``module``, which receives each batch
+        dict, including the task's :meth:`~sctune.core.task.Task.model_inputs` fields). Rules: the
+        tensors it adds are the head's own submodules (trained and saved with the head), never
+        attributes of ``module``, so the backbone's ``state_dict`` keys do not change; it never
+        stores ``module`` as an attribute (that would register the backbone inside the head);
+        the task declares the insertion point in ``Task.requires_for`` so validate refuses
+        backbones without it, and the head raises ``CompatibilityError`` if it is missing.
+        """
 
     def corrupt(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> Masked:
         if self.objective is None:

@@ -198,7 +198,7 @@ def predict_h5ad(
 
     from sctune.core.data import loaded_from_adata, read_adata
     from sctune.core.recipe import DataConfig, output_dir_problem
-    from sctune.core.trainer import embed_and_score, make_accelerator
+    from sctune.core.trainer import embed_and_score, make_accelerator, model_input_arrays
 
     problem = output_dir_problem(output.parent, key="--output")
     if problem:
@@ -238,6 +238,9 @@ def predict_h5ad(
         h.merge()
     ref = A.load_tensors(run_dir / A.REFERENCE) if (run_dir / A.REFERENCE).is_file() else None
     chunk = chunk_size or DEFAULT_CHUNK
+    # the task's per-cell model inputs (e.g. each cell's batch for DSBN) come from the new cells'
+    # targets, computed from obs alone: the query's genes need not include the run's
+    needs_inputs = bool(type(task).model_input_fields(task_cfg))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     is_file = getattr(src, "isbacked", False)
@@ -261,7 +264,11 @@ def predict_h5ad(
                         run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"]
                     )
                 cells = backbone.tokenize(data.expression, bcfg, seed=seed)
-                emb, logits = embed_and_score(asm.model, cells, batch_size, acc)
+                inputs = None
+                if needs_inputs:
+                    targets = task.targets(data.labels, prepared, obs=data.obs, expression=None)
+                    inputs = model_input_arrays(task, targets, prepared, task_cfg)
+                emb, logits = embed_and_score(asm.model, cells, batch_size, acc, inputs=inputs)
                 if ref is not None:  # zero-shot run: kNN against the saved reference
                     logits = task.transfer(
                         ref["embeddings"].numpy(), ref["targets"].numpy(), emb, prepared, task_cfg

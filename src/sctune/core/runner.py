@@ -425,7 +425,7 @@ def _train(rec: Any, inp: Inputs, ctx: Any, registry: Any, *, progress: bool, re
 
 def _infer(rec: Any, inp: Inputs, ctx: Any) -> _Outputs:
     """Embeddings and head outputs of every cell; kNN transfer for methods that train nothing."""
-    from sctune.core.trainer import embed_and_score
+    from sctune.core.trainer import embed_and_score, model_input_arrays
 
     asm = ctx.assembled
     asm.model.to(ctx.accelerator.device)
@@ -445,8 +445,9 @@ def _infer(rec: Any, inp: Inputs, ctx: Any) -> _Outputs:
             np.concatenate([known["train"], known["valid"]]),
         )
     else:
+        inputs = model_input_arrays(inp.task, inp.targets, inp.prepared, rec.task.config)
         emb, logits = embed_and_score(
-            asm.model, inp.tokens, rec.trainer.eval_batch_size, ctx.accelerator
+            asm.model, inp.tokens, rec.trainer.eval_batch_size, ctx.accelerator, inputs=inputs
         )
     for h in merged:  # adapter-only files hold unmerged tensors
         h.unmerge()
@@ -716,9 +717,12 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             sub = _subset_expression(data.expression, idx)
             cells = backbone.tokenize(sub, bcfg, seed=rec.envelope.seed)
             batch = cells.collate([cells[i] for i in range(len(cells))])
-            targets = torch.as_tensor(
-                task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx], expression=sub)
-            )
+            from sctune.core.trainer import add_model_inputs, model_input_arrays
+
+            y = task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx], expression=sub)
+            inputs = model_input_arrays(task, y, prepared, rec.task.config)
+            add_model_inputs(batch, inputs, np.arange(len(y)))
+            targets = torch.as_tensor(y)
             model.train()
             _, logits = model(batch)
             task.loss(logits, targets, prepared, rec.task.config).backward()

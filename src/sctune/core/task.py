@@ -4,7 +4,8 @@ A task plugin owns everything specific to its problem: the checks on its labels 
 (:meth:`Task.preflight`), its state from the training cells (:meth:`Task.prepare`), its head and
 loss, the metrics it reports on validation (:meth:`Task.validation_metrics`, the names early
 stopping may monitor: :attr:`Task.monitors`) and test cells (:meth:`Task.evaluate`, with its
-plots), its one-line summary (:meth:`Task.summary`) and the columns it writes into
+plots), any per-cell fields its head reads inside the model (:meth:`Task.model_inputs`), its
+one-line summary (:meth:`Task.summary`) and the columns it writes into
 ``predictions.h5ad`` and ``sctune predict``'s output (:meth:`Task.annotate`).
 """
 
@@ -154,6 +155,30 @@ class Task(ABC):
         self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any, config: PluginConfig
     ) -> torch.Tensor:
         """The training loss of head outputs ``logits`` against integer ``targets``."""
+
+    @classmethod
+    def model_input_fields(cls, config: PluginConfig) -> frozenset[str]:
+        """The names :meth:`model_inputs` returns with ``config``. Default: none.
+
+        Declared so the engine knows before computing any targets whether a pass needs them:
+        ``sctune predict`` computes the new cells' :meth:`targets` only when this is not empty.
+        """
+        return frozenset()
+
+    def model_inputs(
+        self, targets: np.ndarray, prepared: Any, config: PluginConfig
+    ) -> dict[str, np.ndarray]:
+        """Per-cell integer arrays (rows as ``targets``) the engine hands to the MODEL.
+
+        Each array becomes a batch field of that name, next to the backbone's tokens, in every
+        pass: training, validation, test, the embedding of every cell and ``sctune predict`` on
+        new cells (whose :meth:`targets` it computes for this from ``obs`` alone, with
+        ``expression=None``). For heads that act inside the
+        backbone through :meth:`sctune.core.objective.EncoderHead.bind` (batch_correction's DSBN
+        reads each cell's batch index). The keys must be :meth:`model_input_fields` and must
+        not collide with the backbone's own fields. Default: none.
+        """
+        return {}
 
     def sampling_groups(
         self, targets: np.ndarray, prepared: Any, config: PluginConfig

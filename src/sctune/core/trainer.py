@@ -249,11 +249,58 @@ def _loader(
     )
 
 
-class _Indexed(Dataset):
-    """Tokenized cells + the task's targets (any dtype: classes, values)."""
+def model_input_arrays(
+    task: Any, targets: np.ndarray, prepared: Any, config: Any
+) -> dict[str, np.ndarray]:
+    """:meth:`Task.model_inputs` of the cells of ``targets``, checked against what the task
+    declares (:meth:`Task.model_input_fields`): one integer per cell under each name."""
+    from sctune.core.errors import PluginError
 
-    def __init__(self, cells: Any, targets: np.ndarray) -> None:
+    declared = set(type(task).model_input_fields(config))
+    got = task.model_inputs(targets, prepared, config) or {}
+    if set(got) != declared:
+        raise PluginError(
+            f"task '{task.name}': model_inputs() returned {sorted(got)}, but "
+            f"model_input_fields() declares {sorted(declared)}",
+            hint="declare every field model_inputs() returns in model_input_fields(config)",
+        )
+    out = {}
+    for name, values in got.items():
+        arr = np.asarray(values)
+        if arr.shape != (len(targets),) or arr.dtype.kind not in "iub":
+            raise PluginError(
+                f"task '{task.name}': model input '{name}' must hold one integer per cell "
+                f"({len(targets)}), got {arr.dtype} of shape {arr.shape}"
+            )
+        out[name] = arr.astype(np.int64)
+    return out
+
+
+def add_model_inputs(
+    batch: dict[str, torch.Tensor], inputs: dict[str, np.ndarray] | None, rows: Any
+) -> dict[str, torch.Tensor]:
+    """Add the task's model inputs of ``rows`` (positions in ``inputs``) to ``batch``."""
+    for name, values in (inputs or {}).items():
+        if name in batch:
+            from sctune.core.errors import PluginError
+
+            raise PluginError(
+                f"the task's model input '{name}' has the name of a field the backbone's "
+                f"batches already hold ({', '.join(sorted(batch))})",
+                hint="give the task's model input another name",
+            )
+        batch[name] = torch.as_tensor(values[np.asarray(rows, dtype=np.int64)])
+    return batch
+
+
+class _Indexed(Dataset):
+    """Tokenized cells + the task's targets (any dtype: classes, values) + its model inputs."""
+
+    def __init__(
+        self, cells: Any, targets: np.ndarray, inputs: dict[str, np.ndarray] | None = None
+    ) -> None:
         self.cells, self.targets = cells, np.asarray(targets)
+        self.inputs = inputs or {}
 
     def __len__(self) -> int:
         return len(self.cells)
@@ -263,7 +310,9 @@ class _Indexed(Dataset):
 
     def collate(self, items: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
         batch = self.cells.collate([x for x, _ in items])
-        batch["targets"] = torch.as_tensor(self.targets[[i for _, i in items]])
+        rows = [i for _, i in items]
+        add_model_inputs(batch, self.inputs, rows)
+        batch["targets"] = torch.as_tensor(self.targets[rows])
         return batch
 
 
@@ -334,13 +383,23 @@ def _length_sorted_batches(cells: Any, batch_size: int) -> Iterator[tuple[np.nda
 
 @torch.no_grad()
 def embed_and_score(
-    model: Any, cells: Any, batch_size: int, accelerator: Any, *, merged_head_only: bool = False
+    model: Any,
+    cells: Any,
+    batch_size: int,
+    accelerator: Any,
+    *,
+    merged_head_only: bool = False,
+    inputs: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cell embeddings and head outputs for every cell (eval mode, original order)."""
+    """Cell embeddings and head outputs for every cell (eval mode, original order).
+
+    ``inputs``: the task's model inputs of every cell (:func:`model_input_arrays`), added to
+    each batch."""
     model.eval()
     embs: np.ndarray | None = None
     logits: np.ndarray | None = None
     for idx, batch in _length_sorted_batches(cells, batch_size):
+        add_model_inputs(batch, inputs, idx)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             cell, out = model(batch)
@@ -442,7 +501,12 @@ def fit(
         collate = None
         net: Any = model.head
     else:
-        train_ds, valid_ds = _Indexed(train, train_targets), _Indexed(valid, valid_targets)
+        train_ds = _Indexed(
+            train, train_targets, model_input_arrays(task, train_targets, prepared, task_cfg)
+        )
+        valid_ds = _Indexed(
+            valid, valid_targets, model_input_arrays(task, valid_targets, prepared, task_cfg)
+        )
         collate = train_ds.collate
         net = model
     sampler_gen = torch.Generator().manual_seed(seed)

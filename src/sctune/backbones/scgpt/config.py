@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -59,7 +60,24 @@ class ScGPTConfig(PluginConfig):
         "random subset (scPEFT: 2001, scGPT pretraining: 1200)",
     )
     n_bins: int = Field(
-        default=51, ge=3, description="expression bins incl. the zero bin (scGPT: 51)"
+        default=51,
+        ge=3,
+        description="expression bins incl. the zero bin (scGPT: 51); value_style 'binned' only",
+    )
+    value_style: Literal["binned", "log1p"] = Field(
+        default="binned",
+        description=(
+            "what the value of an expressed gene is. binned: its per-cell quantile bin "
+            "1..n_bins-1 (scGPT's input_style 'binned', as scGPT_human was pretrained). log1p: "
+            "the normalised log1p value itself (scGPT's input_style 'log1p'); the continuous "
+            "value encoder takes it unchanged, and masked-expression prediction (GEP) then "
+            "regresses log1p values instead of per-cell bins, whose random tie-breaking turns "
+            "most targets of low-count 10x data into noise. Must match the checkpoint: one "
+            "made with log1p values and loaded with binned (or the reverse) sees values on a "
+            "scale it was not trained on (bins run to n_bins-1, log1p values to about 10); "
+            "tokenising warns when args.json records another input_style. Exported "
+            "checkpoints record it as input_style"
+        ),
     )
     min_gene_match: float = Field(
         default=0.5,

@@ -6,6 +6,7 @@ Torch and the model code are imported inside the methods, so listing plugins sta
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -15,7 +16,7 @@ from sctune.backbones.scgpt.config import ARCH_FIELDS, ScGPTConfig
 from sctune.core.artifacts import sha256_file
 from sctune.core.backbone import Backbone
 from sctune.core.capabilities import Capability
-from sctune.core.errors import CheckpointError
+from sctune.core.errors import CheckpointError, SctuneWarning
 
 if TYPE_CHECKING:
     import torch
@@ -95,6 +96,28 @@ class ScGPTBackbone(Backbone):
         arch["mask_value"] = float(args.get("mask_value", -1))
         return arch
 
+    def _value_style_clash(self, config: ScGPTConfig) -> str | None:
+        """A note when the checkpoint's args.json records another ``input_style`` than
+        ``value_style`` (``None`` when it agrees, records none, or there is no checkpoint)."""
+        if config.checkpoint is None:
+            return None
+        from sctune.backbones.scgpt.weights import read_args
+
+        recorded = read_args(Path(config.checkpoint)).get("input_style")
+        if recorded is None or recorded == config.value_style:
+            return None
+        fix = (
+            f"set backbone.value_style={recorded}"
+            if recorded in ("binned", "log1p")
+            else "sctune tokenises 'binned' or 'log1p' values only"
+        )
+        return (
+            f"backbone 'scgpt': tokenising with value_style '{config.value_style}', but "
+            f"checkpoint '{config.checkpoint}' was trained with input_style '{recorded}' "
+            f"(args.json): the model sees expression values on a scale it was not trained on\n"
+            f"  {fix}"
+        )
+
     # ---- Backbone API ----------------------------------------------------------------------
     def build(self, config: ScGPTConfig, *, load_weights: bool = True) -> nn.Module:
         from sctune.backbones.scgpt.model import ScGPTEncoder
@@ -152,11 +175,15 @@ class ScGPTBackbone(Backbone):
             pad_value=arch["pad_value"],
             mask_value=arch["mask_value"],
             n_bins=config.n_bins,
+            input_style=config.value_style,
             input_emb_style="continuous",
             dropout=config.dropout,
         )
         write_checkpoint(out_dir, {**state, **(decoder or {})}, args, self._vocab(config))
-        return {"checkpoint": str(Path(out_dir))}
+        options: dict[str, Any] = {"checkpoint": str(Path(out_dir))}
+        if config.value_style != "binned":  # loading it needs the style it was trained with
+            options["value_style"] = config.value_style
+        return options
 
     def reference_parameter_count(self, config: ScGPTConfig) -> int | None:
         """scGPT's TransformerModel of this shape without MVC and ClsDecoder: the encoder plus the
@@ -181,6 +208,9 @@ class ScGPTBackbone(Backbone):
         from sctune.backbones.scgpt.tokenizer import tokenize
 
         arch = self._arch(config)
+        clash = self._value_style_clash(config)
+        if clash:
+            warnings.warn(clash, SctuneWarning, stacklevel=2)
         return tokenize(
             expr,
             self._vocab(config),
@@ -189,6 +219,7 @@ class ScGPTBackbone(Backbone):
             min_gene_match=config.min_gene_match,
             pad_value=arch["pad_value"],
             seed=seed,
+            value_style=config.value_style,
         )
 
     def surfaces(self, module: nn.Module) -> Surfaces:

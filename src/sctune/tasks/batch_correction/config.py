@@ -58,6 +58,13 @@ class BatchCorrectionConfig(PluginConfig):
     discriminator_layers: int = Field(
         3, ge=1, le=6, description="layers of the batch discriminator (scGPT: 3)"
     )
+    dsbn: bool = Field(
+        False,
+        description="domain-specific batch norm (scGPT's DSBN): the backbone's input embedding "
+        "(the INPUT_EMBEDDING insertion point, after any adapter there) goes through one "
+        "BatchNorm1d per training batch, chosen per cell; statistics over non-padding tokens; "
+        "cells of batches without training cells use the average of the training batches' norms",
+    )
     references: list[Literal["pca", "harmony"]] = Field(
         default_factory=lambda: ["pca", "harmony"],
         description="reference embeddings scored on the same test cells: uncorrected PCA of "

@@ -13,6 +13,12 @@ Targets per cell (float32): ``[batch index, label index, log-normalised HVG expr
 batch indices below ``n_train_batches`` are the discriminator's classes (batches with training
 cells), others are ``-1`` for the loss. Labels are used only to evaluate.
 
+DSBN (``dsbn: true``, scGPT's domain-specific batch norm): the head owns one BatchNorm1d per
+training batch and hooks it onto the backbone's INPUT_EMBEDDING insertion point
+(:meth:`IntegrationHead.bind`); each cell's batch reaches it as the model input
+:data:`DOMAIN_FIELD` (:meth:`BatchCorrectionTask.model_inputs`: the training batch index, ``-1``
+for batches without training cells, which use the average of the training batches' norms).
+
 Expression: the engine (0.1) gives tasks ``obs`` but not the expression matrix. ``prepare`` and
 ``targets`` take an optional ``expression`` (a :class:`sctune.core.cells.Expression`); without
 it the GEPC term and the PCA/Harmony references are off and say so.
@@ -21,6 +27,7 @@ it the GEPC term and the PCA/Harmony references are off and say so.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -29,13 +36,18 @@ import numpy as np
 
 from sctune import hookimpl
 from sctune.core.capabilities import Capability
-from sctune.core.errors import DataError, did_you_mean
+from sctune.core.errors import DataError, SctuneWarning, did_you_mean
+from sctune.core.preprocess import lognorm, select_hvg
 from sctune.core.task import Direction, Preflight, Task
 from sctune.tasks.batch_correction.config import BatchCorrectionConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+DOMAIN_FIELD = "batch_domain"
+"""The model-input field (batch key) holding each cell's DSBN domain: its training batch index,
+``-1`` for a batch without training cells."""
 
 NO_EXPRESSION = (
     "the engine passed no expression matrix to the task: GEPC and the PCA/Harmony references "
@@ -63,34 +75,6 @@ class BatchState:
         return len(self.hvg) if self.gepc else 0
 
 
-def lognorm(expression: Any) -> Any:
-    """log1p(counts / library * 1e4) for counts; log-normalised and scaled data unchanged."""
-    from scipy import sparse
-
-    X = sparse.csr_matrix(expression.X, dtype=np.float32)
-    if expression.kind != "counts":
-        return X
-    lib = expression.library_size
-    if lib is None:
-        lib = np.asarray(X.sum(axis=1)).ravel()
-    lib = np.where(np.asarray(lib, dtype=np.float64) > 0, lib, 1.0)
-    X = sparse.csr_matrix(X.multiply(1e4 / lib[:, None]), dtype=np.float32)
-    X.data = np.log1p(X.data)
-    return X
-
-
-def select_hvg(expression: Any, train: np.ndarray, n_hvg: int) -> list[str]:
-    """The ``n_hvg`` genes of highest log-normalised variance over the TRAINING cells."""
-    X = lognorm(expression)[train]
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    sq = np.asarray(X.multiply(X).mean(axis=0)).ravel()
-    var = sq - mean**2
-    genes = list(expression.genes)
-    first = {g: i for i, g in reversed(list(enumerate(genes)))}
-    idx = [i for i in np.argsort(-var, kind="stable") if first[genes[i]] == i and var[i] > 0]
-    return [genes[i] for i in sorted(idx[: min(n_hvg, len(idx))])]
-
-
 class BatchCorrectionTask(Task):
     name: ClassVar[str] = "batch_correction"
     config_cls = BatchCorrectionConfig
@@ -107,7 +91,34 @@ class BatchCorrectionTask(Task):
 
     @classmethod
     def requires_for(cls, config: Any) -> frozenset[Capability]:
-        return frozenset({Capability.MASKED_MODELLING}) if config.gep else frozenset()
+        needs = {Capability.MASKED_MODELLING} if config.gep else set()
+        if config.dsbn:  # the per-batch norm sits on the input embedding
+            needs.add(Capability.INPUT_EMBEDDING)
+        return frozenset(needs)
+
+    @classmethod
+    def model_input_fields(cls, config: Any) -> frozenset[str]:
+        return frozenset({DOMAIN_FIELD}) if config.dsbn else frozenset()
+
+    def model_inputs(
+        self, targets: np.ndarray, prepared: BatchState, config: Any
+    ) -> dict[str, np.ndarray]:
+        """DSBN: each cell's domain, its training batch index (``-1``: a batch without training
+        cells, normalised with the average of the training batches' norms; warned)."""
+        if not config.dsbn:
+            return {}
+        b = np.asarray(targets)[:, 0].astype(np.int64)
+        domain = np.where((b >= 0) & (b < prepared.n_train_batches), b, -1)
+        unseen = int((domain < 0).sum())
+        if unseen:
+            warnings.warn(
+                f"DSBN: {unseen} cell{'s' * (unseen != 1)} of batches without training cells "
+                f"are normalised with the average of the {prepared.n_train_batches} training "
+                "batches' norms",
+                SctuneWarning,
+                stacklevel=2,
+            )
+        return {DOMAIN_FIELD: domain}
 
     @classmethod
     def example_config(cls) -> dict[str, object]:
@@ -224,6 +235,7 @@ class BatchCorrectionTask(Task):
             mask_ratio=config.mask_ratio,
             discriminator_layers=config.discriminator_layers,
             grl_lambda=config.grl_lambda,
+            n_domains=prepared.n_train_batches if config.dsbn else 0,
         )
 
     def terms(

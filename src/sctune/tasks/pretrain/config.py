@@ -15,6 +15,20 @@ class PretrainConfig(PluginConfig):
         description="fraction of each cell's eligible tokens masked; null: the backbone's own "
         "pretraining ratio (scGPT 0.4, Geneformer 0.15, scBERT 0.15)",
     )
+    gepc: bool = Field(
+        False,
+        description="also reconstruct each cell's log-normalised expression of the training "
+        "HVGs from its CELL embedding (an MLP decoder, MSE; the GEPC/MVC idea as a task head). "
+        "The masked objective alone never trains the cell embedding (scGPT's <cls> output, a "
+        "pooler); this does. The decoder is part of the run, not of the exported checkpoint",
+    )
+    gepc_weight: float = Field(1.0, ge=0, description="weight of the GEPC term")
+    n_hvg: int = Field(
+        1200,
+        ge=1,
+        description="GEPC: highly variable genes reconstructed, chosen on TRAINING cells by "
+        "variance of log-normalised expression (capped by the gene count)",
+    )
     export: bool = Field(
         True,
         description="write the trained backbone in its real checkpoint format into "

@@ -5,6 +5,8 @@ The head is the backbone's masked-modelling decoder
 Geneformer masked rank tokens / cross-entropy, scBERT masked expression bins / cross-entropy),
 reading the encoder's per-token outputs. Per cell the head returns ``[summed masked loss, masked
 tokens, correctly predicted tokens]``; the loss is the mean over masked tokens of the batch.
+With ``gepc`` the head also reconstructs the cell's log-normalised HVG expression from the cell
+embedding (:mod:`sctune.tasks.pretrain.head`), added to the loss with ``gepc_weight``.
 Validation and test report the held-out masked loss (and accuracy for token classes) on masks of a
 fixed seed. With ``export`` the run writes the trained backbone, decoder included, in the
 backbone's real checkpoint format into ``<run>/pretrained`` (:meth:`Task.exports_backbone`).
@@ -23,6 +25,8 @@ import numpy as np
 
 from sctune import hookimpl
 from sctune.core.capabilities import Capability
+from sctune.core.errors import DataError
+from sctune.core.preprocess import lognorm, select_hvg
 from sctune.core.task import Direction, Task
 from sctune.tasks.pretrain.config import PretrainConfig
 
@@ -31,30 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 UNLABELLED = {"", "unknown", "nan", "none"}
-
-
-def _masked_head(mask_ratio: float | None) -> nn.Module:
-    import torch
-
-    from sctune.core.cells import EncoderOutput
-    from sctune.core.objective import EncoderHead, Masked
-
-    class MaskedModellingHead(EncoderHead):
-        """Per cell ``[summed masked loss, masked count, correct count]`` from the decoder."""
-
-        def forward(
-            self, out: EncoderOutput, batch: dict[str, torch.Tensor], masked: Masked | None
-        ) -> torch.Tensor:
-            if masked is None or self.objective is None or out.tokens is None:
-                return out.cell.new_zeros(out.cell.shape[0], 3)
-            loss, count, correct = self.objective.per_cell(
-                self.objective.decode(out.tokens), masked
-            )
-            return torch.stack([loss, count, correct], dim=1).to(out.cell.dtype)
-
-    return MaskedModellingHead(
-        masked_modelling=True, mask_ratio=mask_ratio, reads_cell_embedding=False
-    )
+MASKED_COLUMNS = 3  # [summed masked loss, masked tokens, correct tokens], then GEPC columns
 
 
 class PretrainTask(Task):
@@ -68,6 +49,7 @@ class PretrainTask(Task):
     monitors: ClassVar[dict[str, Direction]] = {
         "valid/masked_loss": "min",
         "valid/masked_accuracy": "max",
+        "valid/gepc_mse": "min",
     }
 
     @classmethod
@@ -91,30 +73,64 @@ class PretrainTask(Task):
         expression: Any = None,
     ) -> dict[str, Any]:
         known = sorted({str(x) for x in labels.tolist()} - UNLABELLED)
-        return {"labels": known}
+        hvg: list[str] = []
+        if config.gepc:
+            if expression is None:
+                raise DataError(
+                    "task.gepc: reconstructing expression needs the expression matrix, which "
+                    "the engine did not pass to Task.prepare",
+                    hint="set task.gepc=false",
+                )
+            hvg = select_hvg(expression, split["train"], config.n_hvg)
+        return {"labels": known, "hvg": hvg}
 
     def targets(
         self, labels: np.ndarray, prepared: Any, *, obs: Any = None, expression: Any = None
     ) -> np.ndarray:
+        """``[label index (-1 unknown) | log-normalised HVG expression (GEPC)]`` per cell; HVGs
+        missing from ``expression`` (new cells at predict time) are 0."""
         index = {c: i for i, c in enumerate(prepared["labels"])}
-        return np.array([index.get(str(x), -1) for x in labels.tolist()], dtype=np.int64)
+        hvg = prepared.get("hvg", [])
+        out = np.zeros((len(labels), 1 + len(hvg)), dtype=np.float32)
+        out[:, 0] = [index.get(str(x), -1) for x in labels.tolist()]
+        if hvg and expression is not None:
+            pos = {g: i for i, g in reversed(list(enumerate(expression.genes)))}
+            found = [(j, pos[g]) for j, g in enumerate(hvg) if g in pos]
+            if found:
+                dest, cols = map(list, zip(*found))
+                out[:, [1 + j for j in dest]] = lognorm(expression)[:, cols].toarray()
+        return out
 
     def head(self, hidden_size: int, prepared: Any, config: Any) -> nn.Module:
-        return _masked_head(config.mask_ratio)
+        from sctune.tasks.pretrain.head import MaskedModellingHead
+
+        return MaskedModellingHead(
+            hidden_size, len(prepared.get("hvg", [])), mask_ratio=config.mask_ratio
+        )
 
     def loss(
         self, logits: torch.Tensor, targets: torch.Tensor, prepared: Any, config: Any
     ) -> torch.Tensor:
         z = logits.float()
-        return z[:, 0].sum() / z[:, 1].detach().sum().clamp_min(1.0)
+        loss = z[:, 0].sum() / z[:, 1].detach().sum().clamp_min(1.0)
+        if z.shape[1] > MASKED_COLUMNS:
+            import torch.nn.functional as F
+
+            gepc = F.mse_loss(z[:, MASKED_COLUMNS:], targets.float()[:, 1:])
+            loss = loss + config.gepc_weight * gepc
+        return loss
 
     @staticmethod
-    def _scores(logits: np.ndarray) -> dict[str, float]:
+    def _scores(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         z = np.asarray(logits, dtype=np.float64)
+        out: dict[str, float] = {}
+        if z.shape[1] > MASKED_COLUMNS and len(z):
+            want = np.asarray(targets, dtype=np.float64).reshape(len(z), -1)[:, 1:]
+            out["gepc_mse"] = float(np.mean((z[:, MASKED_COLUMNS:] - want) ** 2))
         n = float(z[:, 1].sum())
         if n <= 0:
-            return {}
-        out = {"masked_loss": float(z[:, 0].sum() / n), "masked_tokens": n}
+            return out
+        out.update({"masked_loss": float(z[:, 0].sum() / n), "masked_tokens": n})
         if not np.isnan(z[:, 2]).any():  # NaN: a regression objective has no accuracy
             out["masked_accuracy"] = float(z[:, 2].sum() / n)
         return out
@@ -122,7 +138,7 @@ class PretrainTask(Task):
     def validation_metrics(
         self, logits: np.ndarray, targets: np.ndarray, prepared: Any, config: Any
     ) -> dict[str, float]:
-        out = self._scores(logits)
+        out = self._scores(logits, targets)
         out.pop("masked_tokens", None)
         return out
 
@@ -136,10 +152,11 @@ class PretrainTask(Task):
         config: Any,
         out_dir: Path | None,
     ) -> dict[str, Any]:
-        result: dict[str, Any] = dict(self._scores(logits))
+        result: dict[str, Any] = dict(self._scores(logits, targets))
         result["n_cells"] = int(len(logits))
         if config.probe and embeddings is not None:
-            result.update(probe_scores(embeddings, targets))
+            labels = np.asarray(targets).reshape(len(logits), -1)[:, 0].astype(np.int64)
+            result.update(probe_scores(embeddings, labels))
         return result
 
     def annotate(self, logits: np.ndarray, prepared: Any) -> dict[str, np.ndarray]:
@@ -157,22 +174,21 @@ class PretrainTask(Task):
             parts.append(f"masked loss {metrics['masked_loss']:.4f}")
         if "masked_accuracy" in metrics:
             parts.append(f"masked accuracy {metrics['masked_accuracy']:.4f}")
-        for key in ("knn_macro_f1", "logreg_macro_f1"):
+        for key in ("gepc_mse", "knn_macro_f1", "logreg_macro_f1"):
             if key in metrics:
                 parts.append(f"{key} {metrics[key]:.4f}")
         return "  ".join(parts) or "no masked tokens scored"
 
     def describe(self, prepared: Any) -> str:
-        n = len(prepared["labels"])
-        return (
-            f"masked modelling; {n} cell-type labels for the probes" if n else "masked modelling"
-        )
+        n, hvg = len(prepared["labels"]), len(prepared.get("hvg", []))
+        what = "masked modelling" + (f" + GEPC on {hvg} HVGs" if hvg else "")
+        return f"{what}; {n} cell-type labels for the probes" if n else what
 
     def state(self, prepared: Any) -> dict[str, Any]:
-        return {"labels": list(prepared["labels"])}
+        return {"labels": list(prepared["labels"]), "hvg": list(prepared.get("hvg", []))}
 
     def from_state(self, state: dict[str, Any]) -> Any:
-        return {"labels": list(state.get("labels", []))}
+        return {"labels": list(state.get("labels", [])), "hvg": list(state.get("hvg", []))}
 
 
 def probe_scores(embeddings: np.ndarray, targets: np.ndarray, folds: int = 5) -> dict[str, float]:

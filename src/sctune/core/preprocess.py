@@ -1,0 +1,40 @@
+"""Expression helpers for task authors: log-normalisation and HVG selection on an
+:class:`~sctune.core.cells.Expression` (numpy/scipy only; no torch).
+
+Tasks that reconstruct expression (batch correction's GEPC, pretraining's GEPC) or build
+reference embeddings share these, so every task reads the same matrix the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def lognorm(expression: Any) -> Any:
+    """log1p(counts / library * 1e4) for counts; log-normalised and scaled data unchanged."""
+    from scipy import sparse
+
+    X = sparse.csr_matrix(expression.X, dtype=np.float32)
+    if expression.kind != "counts":
+        return X
+    lib = expression.library_size
+    if lib is None:
+        lib = np.asarray(X.sum(axis=1)).ravel()
+    lib = np.where(np.asarray(lib, dtype=np.float64) > 0, lib, 1.0)
+    X = sparse.csr_matrix(X.multiply(1e4 / lib[:, None]), dtype=np.float32)
+    X.data = np.log1p(X.data)
+    return X
+
+
+def select_hvg(expression: Any, train: np.ndarray, n_hvg: int) -> list[str]:
+    """The ``n_hvg`` genes of highest log-normalised variance over the TRAINING cells."""
+    X = lognorm(expression)[train]
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    sq = np.asarray(X.multiply(X).mean(axis=0)).ravel()
+    var = sq - mean**2
+    genes = list(expression.genes)
+    first = {g: i for i, g in reversed(list(enumerate(genes)))}
+    idx = [i for i in np.argsort(-var, kind="stable") if first[genes[i]] == i and var[i] > 0]
+    return [genes[i] for i in sorted(idx[: min(n_hvg, len(idx))])]
