@@ -28,22 +28,50 @@ import yaml
 from sctune import api
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PRETRAIN_FILE = SHARED / "pbmc3k_seurat_labeled.h5ad"
+EVAL_FILE = SHARED / "zheng_sorted_pbmc_facs.h5ad"
+
+
+def hvg_subsets(n: int, out: Path) -> None:
+    """Write both files restricted to the ``n`` most variable genes of the PRETRAINING cells
+    (log-normalised variance; scGPT's integration tutorials subset to HVGs the same way), so
+    every token a cell keeps is an informative gene. Switches the module paths to the copies."""
+    import anndata as ad
+    import scanpy as sc
+
+    global PRETRAIN_FILE, EVAL_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    pre = ad.read_h5ad(PRETRAIN_FILE)
+    norm = pre.copy()
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    sc.pp.highly_variable_genes(norm, n_top_genes=n)
+    genes = set(norm.var_names[norm.var["highly_variable"]])
+    pre[:, [g in genes for g in pre.var_names]].copy().write_h5ad(out / "pretrain_hvg.h5ad")
+    ev = ad.read_h5ad(EVAL_FILE)
+    ev[:, ev.var["gene_symbol"].isin(genes).to_numpy()].copy().write_h5ad(out / "eval_hvg.h5ad")
+    PRETRAIN_FILE, EVAL_FILE = out / "pretrain_hvg.h5ad", out / "eval_hvg.h5ad"
+
+
 ARCH = {
     "scgpt": {"embsize": 128, "nheads": 4, "d_hid": 256, "nlayers": 4},
 }
 
 
-def pretrain(backbone: str, out: Path, epochs: int, seq: int) -> tuple[Path, dict]:
+def pretrain(
+    backbone: str, out: Path, epochs: int, seq: int, extra: list[str]
+) -> tuple[Path, dict]:
     overrides = [
-        f"data.path={SHARED / 'pbmc3k_seurat_labeled.h5ad'}",
+        f"data.path={PRETRAIN_FILE}",
         f"trainer.epochs={epochs}",
         f"backbone.max_seq_len={seq}",
         "trainer.num_threads=2",
         f"output.dir={out}",
         "output.overwrite=true",
+        *extra,
     ]
     start = time.perf_counter()
-    res = api.run(f"{backbone}/pretrain_small", overrides, progress=False)
+    res = api.run(f"{backbone}/pretrain_small", overrides, progress=True)
     seconds = time.perf_counter() - start
     folder = res.run_dir / "pretrained"
     opts = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
@@ -64,9 +92,10 @@ def evaluate(
     epochs: int,
     cells: int,
     seq: int,
+    extra: list[str],
 ) -> dict:
     overrides = [
-        f"data.path={SHARED / 'zheng_sorted_pbmc_facs.h5ad'}",
+        f"data.path={EVAL_FILE}",
         "data.gene_column=gene_symbol",
         f"data.max_cells={cells}",
         f"backbone.max_seq_len={seq}",
@@ -77,6 +106,7 @@ def evaluate(
         "output.overwrite=true",
         f"output.dir={out}",
         *[f"backbone.{k}={v}" for k, v in ARCH[backbone].items()],
+        *extra,
     ]
     if checkpoint is not None:
         overrides.append(f"backbone.checkpoint={checkpoint}")
@@ -88,6 +118,29 @@ def evaluate(
         "accuracy": t["accuracy"],
         "seconds": round(time.perf_counter() - start, 1),
         "run_dir": str(res.run_dir),
+        **({"frozen_logreg": frozen_logreg(res.run_dir)} if method == "zero_shot" else {}),
+    }
+
+
+def frozen_logreg(run_dir: Path) -> dict:
+    """A logistic regression on the FROZEN embedding (X_sctune of a zero-shot run), fitted on
+    the training cells and scored on the test cells of the same split: the linear probe that is
+    compared with the HVG logistic regression."""
+    import anndata as ad
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    a = ad.read_h5ad(run_dir / "predictions.h5ad")
+    split = a.obs["sctune_split"].astype(str).to_numpy()
+    X, y = a.obsm["X_sctune"], a.obs["cell_type"].astype(str).to_numpy()
+    tr, te = split == "train", split == "test"
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    pred = model.fit(X[tr], y[tr]).predict(X[te])
+    return {
+        "macro_f1": float(f1_score(y[te], pred, average="macro")),
+        "accuracy": float(accuracy_score(y[te], pred)),
     }
 
 
@@ -98,7 +151,7 @@ def hvg_logreg(run_dir: Path) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
 
     split = json.loads((run_dir / "split.json").read_text())
-    a = ad.read_h5ad(SHARED / "zheng_sorted_pbmc_facs.h5ad")
+    a = ad.read_h5ad(SHARED / "zheng_sorted_pbmc_facs.h5ad")  # every gene, not the subset
     idx = {c: i for i, c in enumerate(a.obs_names)}
     parts = {k: np.array([idx[c] for c in split[k]]) for k in ("train", "test")}
     sc.pp.normalize_total(a, target_sum=1e4)
@@ -124,9 +177,30 @@ def main() -> None:
     ap.add_argument("--methods", default="zero_shot,head,gene_encoder_prompt,lora")
     ap.add_argument("--out", type=Path, default=Path("runs/pretrain_probe"))
     ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="override for every run, pretraining and evaluation (repeat), e.g. "
+        "backbone.value_style=log1p",
+    )
+    ap.add_argument(
+        "--pretrain-set",
+        action="append",
+        default=[],
+        help="override for the pretraining run only (repeat), e.g. task.gepc=true",
+    )
+    ap.add_argument(
         "--pretrained", type=Path, default=None, help="a finished pretraining run: skip step 1"
     )
+    ap.add_argument(
+        "--hvg",
+        type=int,
+        default=0,
+        help="restrict both files to this many HVGs of the pretraining cells (0: every gene)",
+    )
     args = ap.parse_args()
+    if args.hvg:
+        hvg_subsets(args.hvg, args.out / "data")
     if args.pretrained is not None:
         metrics = json.loads((args.pretrained / "metrics.json").read_text())
         history = (args.pretrained / "train_log.jsonl").read_text().splitlines()
@@ -138,7 +212,13 @@ def main() -> None:
             "history": [json.loads(line) for line in history],
         }
     else:
-        folder, info = pretrain(args.backbone, args.out / "pretrain", args.epochs, args.seq)
+        folder, info = pretrain(
+            args.backbone,
+            args.out / "pretrain",
+            args.epochs,
+            args.seq,
+            [*args.set, *args.pretrain_set],
+        )
     print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1, default=str))
     rows = []
     first_run = None
@@ -152,6 +232,7 @@ def main() -> None:
                 args.eval_epochs,
                 args.max_cells,
                 args.seq,
+                args.set,
             )
             first_run = first_run or Path(r["run_dir"])
             rows.append((method, label, r))
@@ -162,6 +243,12 @@ def main() -> None:
         print(
             f"| {method} | {label} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['seconds']} |"
         )
+        if "frozen_logreg" in r:
+            f = r["frozen_logreg"]
+            print(
+                f"| logistic regression on the frozen embedding | {label} | "
+                f"{f['macro_f1']:.3f} | {f['accuracy']:.3f} | - |"
+            )
     if lr:
         print(
             f"| logistic regression, 2,000 HVGs | - | {lr['macro_f1']:.3f} | {lr['accuracy']:.3f} | - |"

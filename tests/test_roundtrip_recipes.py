@@ -1,8 +1,10 @@
 """predict == run, for every shipped recipe and every method it can take.
 
 Each shipped recipe is run as shipped (its backbone, head options such as ``input_norm: batch``,
-its randomly initialised backbone), with each compatible registered adapter swapped in by name,
-at a tiny size (1 epoch, few cells, no plots). ``api.predict`` on the run's own cells must
+its randomly initialised backbone) at a tiny size (1 epoch, few cells, no plots): with its own
+method, and every compatible registered adapter is swapped in by name on at least one recipe of
+every backbone (rotating over that backbone's recipes, so each task meets several adapters; the
+full backbone x adapter x task product is checked on tiny models by tests/test_matrix.py). ``api.predict`` on the run's own cells must
 reproduce ``predictions.h5ad``: every column the task writes (labels 100 %) and ``X_sctune``
 within 1e-5, also after the run directory has been moved (once per recipe, with its own
 method). New recipes and new adapters join without edits.
@@ -43,33 +45,54 @@ def _runnable(name: str) -> str | None:
     return None
 
 
+def _fits(name: str, adapter: str) -> bool:
+    rec = api.load(name, registry=REGISTRY)
+    try:
+        REGISTRY.check_compatible(rec.backbone.name, adapter)
+    except CompatibilityError:
+        return False
+    task = REGISTRY.get("task", rec.task.name).cls
+    # a method that trains nothing is refused at validate unless the task has a zero-shot
+    # transfer (tests/test_matrix.py checks the refusal)
+    return bool(REGISTRY.get("adapter", adapter).cls.trains or task.zero_shot)
+
+
 def _cases() -> list:
-    cases = []
-    for name in RECIPES:
-        if _runnable(name) is not None:
-            continue
-        rec = api.load(name, registry=REGISTRY)
-        task = REGISTRY.get("task", rec.task.name).cls
-        for adapter in REGISTRY.names("adapter"):
-            try:
-                REGISTRY.check_compatible(rec.backbone.name, adapter)
-            except CompatibilityError:
-                continue
-            if not REGISTRY.get("adapter", adapter).cls.trains and not task.zero_shot:
-                continue  # refused at validate (tests/test_matrix.py checks the refusal)
-            cases.append(pytest.param(name, adapter, id=f"{name}-{adapter}"))
-    return cases
+    """Every runnable recipe with its own method; every adapter on every backbone it fits, on one
+    of that backbone's recipes (the next one in turn, among those the adapter fits)."""
+    runnable = [n for n in RECIPES if _runnable(n) is None]
+    pairs = {(n, api.load(n, registry=REGISTRY).adapters[0].name) for n in runnable}
+    by_backbone: dict[str, list[str]] = {}
+    for n in runnable:
+        by_backbone.setdefault(api.load(n, registry=REGISTRY).backbone.name, []).append(n)
+    for names in by_backbone.values():
+        for i, adapter in enumerate(REGISTRY.names("adapter")):
+            fitting = [n for n in names if _fits(n, adapter)]
+            if fitting:
+                pairs.add((fitting[i % len(fitting)], adapter))
+    return [pytest.param(n, a, id=f"{n}-{a}") for n, a in sorted(pairs)]
 
 
 CASES = _cases()
 
 
-def test_every_shipped_small_recipe_is_in_the_round_trip() -> None:
+def test_every_shipped_small_recipe_and_every_adapter_is_in_the_round_trip() -> None:
     runnable = {c.values[0] for c in CASES}
     assert {"quickstart", "scgpt/small_lora_cell_type"} <= runnable
     for name in RECIPES:
         if name not in runnable:  # only recipes that need a user's checkpoint may be left out
             assert "checkpoint" in (_runnable(name) or ""), name
+    covered = {
+        (api.load(n, registry=REGISTRY).backbone.name, a) for n, a in (c.values for c in CASES)
+    }
+    for backbone in {b for b, _ in covered}:
+        for adapter in REGISTRY.names("adapter"):
+            fits = any(
+                _fits(n, adapter)
+                for n in runnable
+                if api.load(n, registry=REGISTRY).backbone.name == backbone
+            )
+            assert (backbone, adapter) in covered or not fits, (backbone, adapter)
 
 
 def _same_outputs(got_path: Path, want_path: Path) -> None:

@@ -223,3 +223,24 @@ def test_slots_change_the_output(h):
             assert torch.equal(model(batch).cell, base)
         surf.blocks[0].ffn_parallel.branches.append(torch.nn.Linear(32, 32))
         assert not torch.allclose(model(batch).cell, base)
+
+
+def test_mean_pooling_averages_the_gene_tokens_only(h):
+    """``pooling: mean``: the cell embedding is the mean of the gene tokens' outputs (not <cls>,
+    not padding); the per-token outputs are those of ``pooling: cls``, whose cell is <cls>."""
+    vocab = h.tiny_vocab()
+    kw: dict = {"embsize": 32, "nheads": 4, "d_hid": 64, "nlayers": 2, "dropout": 0.0}
+    torch.manual_seed(0)
+    cls_model = ScGPTEncoder(len(vocab), pad_id=vocab["<pad>"], **kw).eval()
+    mean_model = ScGPTEncoder(len(vocab), pad_id=vocab["<pad>"], pooling="mean", **kw).eval()
+    mean_model.load_state_dict(cls_model.state_dict())
+    batch = h.padded_batch(vocab, seed=3)
+    with torch.no_grad():
+        a, b = cls_model(batch), mean_model(batch)
+    torch.testing.assert_close(a.tokens, b.tokens)
+    torch.testing.assert_close(a.cell, a.tokens[:, 0])
+    pad = batch["gene_ids"] == vocab["<pad>"]
+    assert pad.any()  # the batch has padding, so excluding it matters
+    for i in range(len(pad)):
+        genes = a.tokens[i, 1:][~pad[i, 1:]]
+        torch.testing.assert_close(b.cell[i], genes.mean(0))

@@ -154,7 +154,7 @@ class ScBERTBackbone(Backbone):
 
         import torch
 
-        from sctune.backbones.scbert.weights import _SLOT_KEY
+        from sctune.backbones.scbert.weights import is_scbert_key
 
         cfg = _cfg(config)
         out_dir = Path(out_dir)
@@ -162,7 +162,7 @@ class ScBERTBackbone(Backbone):
         tensors = {
             k: v.detach().cpu().clone()
             for k, v in {**state, **(decoder or {})}.items()
-            if not k.startswith("stem.") and not _SLOT_KEY.search(k)
+            if is_scbert_key(k)
         }
         weights = out_dir / "scbert_pretrained.pth"
         torch.save({"model_state_dict": tensors}, weights)

@@ -145,11 +145,7 @@ def _listing(title: str, items: list[str]) -> str:
 
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> LoadReport:
     """Copy ``state`` into ``model`` (all keys except ``stem.*``); fail on any surprise."""
-    expected = {
-        k: v
-        for k, v in model.state_dict().items()
-        if not k.startswith("stem.") and not _SLOT_KEY.search(k)
-    }
+    expected = {k: v for k, v in model.state_dict().items() if is_scbert_key(k)}
     report = LoadReport()
     classifier = sorted(k for k in state if _CLASSIFIER.match(k))
     if classifier:
@@ -196,13 +192,15 @@ def set_gene2vec(model: nn.Module, gene2vec: np.ndarray) -> None:
         table[-1].zero_()
 
 
+def is_scbert_key(key: str) -> bool:
+    """Whether a state-dict key belongs in scBERT's checkpoint layout: not sctune's ``stem.*``
+    and nothing attached to an insertion-point slot."""
+    return not key.startswith("stem.") and not _SLOT_KEY.search(key)
+
+
 def scbert_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's tensors in scBERT's layout: no ``stem.*`` and nothing attached to a slot."""
-    return {
-        k: v.detach().clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith("stem.") and not _SLOT_KEY.search(k)
-    }
+    """The model's tensors in scBERT's layout (:func:`is_scbert_key`)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_scbert_key(k)}
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: object) -> Path:

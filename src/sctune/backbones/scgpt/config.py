@@ -64,6 +64,14 @@ class ScGPTConfig(PluginConfig):
         ge=3,
         description="expression bins incl. the zero bin (scGPT: 51); value_style 'binned' only",
     )
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="cell embedding: cls = the <cls> token's output (scGPT's default "
+        "cell_emb_style); mean = the mean over the gene tokens' outputs (scGPT's 'avg-pool', "
+        "here without <cls> and padding). A checkpoint trained with masked expression "
+        "prediction alone never trained <cls>: mean then gives the more informative frozen "
+        "embedding",
+    )
     value_style: Literal["binned", "log1p"] = Field(
         default="binned",
         description=(

@@ -148,8 +148,12 @@ class ScGPTEncoder(nn.Module):
         nlayers: int = 12,
         dropout: float = 0.2,
         attention_dropout: float = 0.0,
+        pooling: str = "cls",
     ) -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.pooling = pooling
         self.hidden_size = embsize
         self.pad_id = pad_id
         self.encoder = GeneEncoder(ntoken, embsize, pad_id)
@@ -183,4 +187,10 @@ class ScGPTEncoder(nn.Module):
             h, mask = prompt_step(layer.prompt_slot, h, mask, state)
             h = layer(h, mask)
         h, mask = strip_prompts(h, mask, state)
-        return EncoderOutput(cell=h[:, 0], tokens=h, padding_mask=mask)
+        if self.pooling == "mean":  # gene tokens only: not <cls>, not padding
+            keep = (~mask).to(h.dtype).unsqueeze(-1)
+            keep[:, 0] = 0.0
+            cell = (h * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        else:
+            cell = h[:, 0]
+        return EncoderOutput(cell=cell, tokens=h, padding_mask=mask)

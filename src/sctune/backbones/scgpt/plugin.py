@@ -136,6 +136,7 @@ class ScGPTBackbone(Backbone):
             nlayers=arch["nlayers"],
             dropout=config.dropout,
             attention_dropout=config.attention_dropout,
+            pooling=config.pooling,
         )
         module.load_report = None
         if load_weights and config.checkpoint is not None:
