@@ -5,8 +5,9 @@ joins the files on their common genes and names each cell's batch after its file
 
 - ``pancreas``: pancreas_xin + pancreas_wang (two studies, log-normalised, shared cell types);
 - ``pbmc``: pbmc3k_seurat_labeled + zheng_sorted_pbmc_facs (two PBMC experiments; symbols vs
-  Ensembl ids, mapped by the data layer; their label sets differ, so bio metrics compare
-  9 Seurat types with 10 sorted populations).
+  Ensembl ids, mapped by the data layer). Their label vocabularies differ, so the benchmark
+  writes copies with a shared coarse label (B, CD4 T, CD8 T, CD14 Mono, NK; FCGR3A Mono, DC,
+  Platelet and CD34+ on one side only) into the output folder and scores on that.
 
 Each method runs the shipped ``scgpt/small_lora_batch_correction`` recipe (a small RANDOMLY
 INITIALISED scGPT-architecture model; GEP + GEPC + ECS + DAR) with the adapter swapped in, and the
@@ -27,6 +28,40 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+COARSE = {  # a common coarse label set for the PBMC pair (see ../shared/data/README.md)
+    "Naive CD4 T": "CD4 T",
+    "Memory CD4 T": "CD4 T",
+    "CD14+ Mono": "CD14 Mono",
+    "FCGR3A+ Mono": "FCGR3A Mono",
+    "CD8 T": "CD8 T",
+    "CD14+ Monocyte": "CD14 Mono",
+    "CD19+ B": "B",
+    "CD4+ T Helper2": "CD4 T",
+    "CD4+/CD25 T Reg": "CD4 T",
+    "CD4+/CD45RA+/CD25- Naive T": "CD4 T",
+    "CD4+/CD45RO+ Memory": "CD4 T",
+    "CD56+ NK": "NK",
+    "CD8+ Cytotoxic T": "CD8 T",
+    "CD8+/CD45RA+ Naive Cytotoxic": "CD8 T",
+}
+
+
+def coarse_copies(files: dict[str, Path], out: Path) -> dict[str, Path]:
+    """The PBMC pair with an obs column ``coarse_label`` shared by both label vocabularies
+    (pbmc3k's Seurat names, zheng's FACS populations), written under ``out``: without it every
+    label sits in one batch only and the per-label batch metrics are undefined."""
+    import anndata as ad
+
+    out.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for key, path in files.items():
+        a = ad.read_h5ad(path)
+        a.obs["coarse_label"] = [COARSE.get(str(x), str(x)) for x in a.obs["cell_type"]]
+        copies[key] = out / f"{key}.h5ad"
+        a.write_h5ad(copies[key])
+    return copies
+
+
 SETTINGS = {
     "pancreas": {
         "xin": "pancreas_xin_scclassify_subset.h5ad",
@@ -43,6 +78,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-cells", type=int, default=None)
     ap.add_argument("--out", default="runs/integration")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
     args = ap.parse_args()
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} is absent")
@@ -55,15 +91,21 @@ def main() -> int:
         if args.methods
         else [n for n in registry.names("adapter") if registry.get("adapter", n).cls.trains]
     )
-    files = ", ".join(f"{k}: {SHARED / v}" for k, v in SETTINGS[args.setting].items())
     out = Path(args.out) / args.setting
+    paths = {k: SHARED / v for k, v in SETTINGS[args.setting].items()}
+    label = []
+    if args.setting == "pbmc":
+        paths = coarse_copies(paths, out / "data")
+        label = ["data.label_column=coarse_label"]
+    files = ", ".join(f"{k}: {v}" for k, v in paths.items())
     rows = []
     for method in methods:
         overrides = [
             f"data.path={{{files}}}",
             f"adapter={{name: {method}}}",
+            *label,
             f"trainer.epochs={args.epochs}",
-            "trainer.num_threads=2",
+            f"trainer.num_threads={args.threads}",
             "task.n_hvg=1200",
             f"output.dir={out / method}",
             "output.overwrite=true",

@@ -32,21 +32,26 @@ PRETRAIN_FILE = SHARED / "pbmc3k_seurat_labeled.h5ad"
 EVAL_FILE = SHARED / "zheng_sorted_pbmc_facs.h5ad"
 
 
-def hvg_subsets(n: int, out: Path) -> None:
+def hvg_subsets(n: int, out: Path, genes_of: str | None = None) -> None:
     """Write both files restricted to the ``n`` most variable genes of the PRETRAINING cells
     (log-normalised variance; scGPT's integration tutorials subset to HVGs the same way), so
-    every token a cell keeps is an informative gene. Switches the module paths to the copies."""
+    every token a cell keeps is an informative gene; or, with ``genes_of="pbmc68k_reduced"``, to
+    the 765 HVGs of scanpy's pbmc68k_reduced (the quickstart's genes). Switches the module
+    paths to the copies."""
     import anndata as ad
     import scanpy as sc
 
     global PRETRAIN_FILE, EVAL_FILE
     out.mkdir(parents=True, exist_ok=True)
     pre = ad.read_h5ad(PRETRAIN_FILE)
-    norm = pre.copy()
-    sc.pp.normalize_total(norm, target_sum=1e4)
-    sc.pp.log1p(norm)
-    sc.pp.highly_variable_genes(norm, n_top_genes=n)
-    genes = set(norm.var_names[norm.var["highly_variable"]])
+    if genes_of == "pbmc68k_reduced":
+        genes = set(sc.datasets.pbmc68k_reduced().raw.var_names)
+    else:
+        norm = pre.copy()
+        sc.pp.normalize_total(norm, target_sum=1e4)
+        sc.pp.log1p(norm)
+        sc.pp.highly_variable_genes(norm, n_top_genes=n)
+        genes = set(norm.var_names[norm.var["highly_variable"]])
     pre[:, [g in genes for g in pre.var_names]].copy().write_h5ad(out / "pretrain_hvg.h5ad")
     ev = ad.read_h5ad(EVAL_FILE)
     ev[:, ev.var["gene_symbol"].isin(genes).to_numpy()].copy().write_h5ad(out / "eval_hvg.h5ad")
@@ -198,9 +203,15 @@ def main() -> None:
         default=0,
         help="restrict both files to this many HVGs of the pretraining cells (0: every gene)",
     )
+    ap.add_argument(
+        "--genes-of",
+        choices=["pbmc68k_reduced"],
+        default=None,
+        help="restrict both files to the genes of this dataset instead of --hvg",
+    )
     args = ap.parse_args()
-    if args.hvg:
-        hvg_subsets(args.hvg, args.out / "data")
+    if args.hvg or args.genes_of:
+        hvg_subsets(args.hvg, args.out / "data", args.genes_of)
     if args.pretrained is not None:
         metrics = json.loads((args.pretrained / "metrics.json").read_text())
         history = (args.pretrained / "train_log.jsonl").read_text().splitlines()
