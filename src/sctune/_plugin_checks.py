@@ -400,11 +400,12 @@ def _check_surfaces(
                 "nothing)",
             )
 
-    slot = surfaces.input_embedding
-    if slot is not None and r.expect(
-        id(slot) in inside, "input_embedding slot is not a submodule"
+    for label, slot in (
+        ("input_embedding", surfaces.input_embedding),
+        ("token_stream", surfaces.token_stream),
     ):
-        changes("input_embedding", partial(_push, slot.adapters, _shift()))
+        if slot is not None and r.expect(id(slot) in inside, f"{label} slot is not a submodule"):
+            changes(label, partial(_push, slot.adapters, _shift()))
     for i, block in enumerate(surfaces.blocks):
         att, ffn, prompt = block.attention_output, block.ffn_parallel, block.prompt
         for label, s in (("attention_output", att), ("ffn_parallel", ffn), ("prompt", prompt)):

@@ -282,9 +282,11 @@ def test_dsbn_normalises_each_domain_with_its_own_statistics() -> None:
         torch.testing.assert_close(out[row][real], want, atol=1e-5, rtol=1e-5)
 
 
-def test_dsbn_head_hooks_the_input_embedding_of_a_backbone(tmp_path: Path) -> None:
+def test_dsbn_head_hooks_the_token_stream_of_a_backbone(tmp_path: Path) -> None:
     """Bound on the toy backbone: per-cell domains from the batch change the embedding, the
     backbone's state dict is untouched, and a batch without domains is refused."""
+    import dataclasses
+
     from sctune.core.assembly import CellModel
     from sctune.core.errors import CompatibilityError
     from sctune.core.surfaces import Surfaces
@@ -292,8 +294,13 @@ def test_dsbn_head_hooks_the_input_embedding_of_a_backbone(tmp_path: Path) -> No
 
     ex = testing.example_backbone(testing.ToyBackbone, tmp_path, n_cells=4)
     keys = set(ex.module.state_dict())
+    surfaces = ex.surfaces()
+    with pytest.raises(CompatibilityError, match="token_stream"):  # the toy does not provide it
+        IntegrationHead(ex.module.hidden_size, 2, 0, n_domains=2).bind(ex.module, surfaces)
+    # the toy's input slot sees the summed gene + value embeddings: offer it as the token stream
+    surfaces = dataclasses.replace(surfaces, token_stream=ex.module.input_slot)
     head = IntegrationHead(ex.module.hidden_size, 2, 0, n_domains=2)
-    head.bind(ex.module, ex.surfaces())
+    head.bind(ex.module, surfaces)
     assert set(ex.module.state_dict()) == keys
     assert {k for k in head.state_dict() if k.startswith("dsbn.")} >= {
         "dsbn.bns.0.weight",
@@ -313,8 +320,10 @@ def test_dsbn_head_hooks_the_input_embedding_of_a_backbone(tmp_path: Path) -> No
     assert not torch.allclose(c[2], a[2]) and not torch.allclose(c[2], b[2])
     with pytest.raises(RuntimeError, match=DOMAIN_FIELD):
         model(ex.batch)
-    with pytest.raises(CompatibilityError, match="input_embedding"):
-        IntegrationHead(8, 2, 0, n_domains=2).bind(ex.module, Surfaces(8, None, ()))
+    with pytest.raises(CompatibilityError, match="token_stream"):
+        IntegrationHead(8, 2, 0, n_domains=2).bind(
+            ex.module, Surfaces(8, ex.module.input_slot, ())
+        )
 
 
 DSBN_RECIPES = [
@@ -375,23 +384,20 @@ def test_dsbn_end_to_end_on_every_backbone(name: str, registry, tmp_path: Path) 
     assert emb.shape == want.obsm["X_sctune"].shape and np.isfinite(emb).all()
 
 
-def test_validate_refuses_dsbn_on_a_backbone_without_input_embedding() -> None:
+def test_validate_refuses_dsbn_on_a_backbone_without_token_stream() -> None:
     from sctune.core.capabilities import Capability
     from sctune.core.errors import CompatibilityError
 
-    class NoInputToy(testing.ToyBackbone):  # type: ignore[misc,valid-type]
-        name = "toy_no_input"
-        provides = testing.ToyBackbone.provides - {Capability.INPUT_EMBEDDING}
-
-    registry = testing.registry_with(NoInputToy)
+    assert Capability.TOKEN_STREAM not in testing.ToyBackbone.provides
+    registry = testing.registry_with(testing.ToyBackbone)
     recipe = {
         "sctune": 1,
         "name": "dsbn-refused",
         "data": {"path": "cells.h5ad", "label_column": "cell_type"},
-        "backbone": {"name": "toy_no_input"},
+        "backbone": {"name": "toy"},
         "adapter": {"name": "full"},
         "task": {"name": "batch_correction", "dsbn": True},
     }
-    with pytest.raises(CompatibilityError, match="input_embedding"):
+    with pytest.raises(CompatibilityError, match="token_stream"):
         api.load(recipe, registry=registry)
     api.load({**recipe, "task": {"name": "batch_correction"}}, registry=registry)

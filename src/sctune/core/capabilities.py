@@ -10,6 +10,9 @@ class Capability(str, Enum):
 
     INPUT_EMBEDDING = "input_embedding"
     """A transform on the expression/token embedding output, before the first block."""
+    TOKEN_STREAM = "token_stream"
+    """A transform on the summed token embeddings that enter the first block (after every
+    embedding is added; before any prompt tokens are inserted)."""
     ATTENTION_OUTPUT = "attention_output"
     """Per block: a transform on the stream right after the attention sub-block."""
     FFN_PARALLEL = "ffn_parallel"

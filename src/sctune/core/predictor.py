@@ -241,6 +241,10 @@ def predict_h5ad(
     # the task's per-cell model inputs (e.g. each cell's batch for DSBN) come from the new cells'
     # targets, computed from obs alone: the query's genes need not include the run's
     needs_inputs = bool(type(task).model_input_fields(task_cfg))
+    # data.hvg: the run kept its genes.txt only; new cells keep the same ones
+    run_genes = None
+    if dcfg.get("hvg") is not None and (run_dir / A.GENES).is_file():
+        run_genes = [g for g in (run_dir / A.GENES).read_text(encoding="utf-8").splitlines() if g]
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     is_file = getattr(src, "isbacked", False)
@@ -263,6 +267,12 @@ def predict_h5ad(
                     query_gene_coverage(
                         run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"]
                     )
+                if run_genes is not None:
+                    from dataclasses import replace
+
+                    from sctune.core.preprocess import keep_genes
+
+                    data = replace(data, expression=keep_genes(data.expression, run_genes))
                 cells = backbone.tokenize(data.expression, bcfg, seed=seed)
                 inputs = None
                 if needs_inputs:

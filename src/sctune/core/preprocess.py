@@ -38,3 +38,32 @@ def select_hvg(expression: Any, train: np.ndarray, n_hvg: int) -> list[str]:
     first = {g: i for i, g in reversed(list(enumerate(genes)))}
     idx = [i for i in np.argsort(-var, kind="stable") if first[genes[i]] == i and var[i] > 0]
     return [genes[i] for i in sorted(idx[: min(n_hvg, len(idx))])]
+
+
+def keep_genes(expression: Any, genes: Any) -> Any:
+    """``expression`` restricted to ``genes`` (in ``genes``' order; genes it lacks are skipped;
+    the first column of a duplicated identifier). The cells then look like a file holding only
+    these genes: for counts the library size becomes the row sums of the kept columns, so a
+    run (``data.hvg``) and ``sctune predict`` on new cells normalise the same way."""
+    from dataclasses import replace
+
+    first: dict[str, int] = {}
+    for i, g in enumerate(expression.genes):
+        first.setdefault(str(g), i)
+    cols = [first[str(g)] for g in genes if str(g) in first]
+    X = expression.X[:, cols].tocsr()
+
+    def pick(names: Any) -> Any:
+        return None if names is None else tuple(names[i] for i in cols)
+
+    library = None
+    if expression.kind == "counts":
+        library = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    return replace(
+        expression,
+        X=X,
+        genes=pick(expression.genes),
+        gene_symbols=pick(expression.gene_symbols),
+        gene_ids=pick(expression.gene_ids),
+        library_size=library,
+    )

@@ -170,6 +170,14 @@ class DataConfig(_Strict):
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
     max_cells: int | None = Field(None, ge=1, description="random subsample for quick runs")
+    hvg: int | None = Field(
+        None,
+        ge=1,
+        description="keep only this many highly variable genes (variance of log-normalised "
+        "expression over the TRAINING cells) before tokenizing, so every token a cell keeps is "
+        "an informative gene; null = every gene. The kept genes are the run's genes.txt, and "
+        "'sctune predict' keeps the same ones",
+    )
     cache_tokens: bool = Field(
         True,
         description="keep the tokenized cells on disk, keyed by data, vocabulary and tokenizer "

@@ -91,6 +91,19 @@ def prepare_inputs(
     for w in pre.warnings:
         warn(w)
     pre.raise_errors()
+    if rec.data.hvg is not None:
+        from dataclasses import replace
+
+        from sctune.core.preprocess import keep_genes, select_hvg
+
+        chosen = select_hvg(expr, split["train"], rec.data.hvg)
+        before = len(expr.genes)
+        expr = keep_genes(expr, chosen)
+        data = replace(data, expression=expr)
+        say(
+            f"genes: kept the {len(chosen):,} most variable of {before:,} genes "
+            "(data.hvg, chosen on the training cells)"
+        )
     bcfg = resolve_config(
         backbone,
         rec.backbone.config,
@@ -613,6 +626,7 @@ def _save_weights(
                 "source": rec.data.source,
                 "kind": rec.data.kind,
                 "batch_key": rec.data.batch_key,
+                "hvg": rec.data.hvg,
             },
             "run_dir": str(run_dir.resolve()),
             "seed": rec.envelope.seed,

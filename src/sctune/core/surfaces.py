@@ -168,17 +168,26 @@ class Surfaces:
     tensors by); it may differ from the module's ``hidden_size``, the cell-embedding width the
     head reads (scBERT's convolutional stem). ``notes`` maps a capability to a sentence saying
     where it sits on this backbone (shown by ``sctune plugins`` and in run reports).
+
+    ``token_stream`` (capability ``token_stream``) sees the summed token embeddings right before
+    the first block, after every embedding is added and before any prompt tokens are inserted;
+    where the backbone has a single embedding it sees the same tensor as ``input_embedding``
+    (after that slot). It comes last and defaults to ``None`` (not provided), so backbones written
+    before it existed keep working unchanged.
     """
 
     hidden_size: int
     input_embedding: TransformSlot | None
     blocks: tuple[BlockSurfaces, ...]
     notes: Mapping[str, str] = field(default_factory=dict)
+    token_stream: TransformSlot | None = None
 
     def provides(self) -> frozenset[Capability]:
         caps: set[Capability] = set()
         if self.input_embedding is not None:
             caps.add(Capability.INPUT_EMBEDDING)
+        if self.token_stream is not None:
+            caps.add(Capability.TOKEN_STREAM)
         if self.blocks and all(b.attention_output is not None for b in self.blocks):
             caps.add(Capability.ATTENTION_OUTPUT)
         if self.blocks and all(b.ffn_parallel is not None for b in self.blocks):

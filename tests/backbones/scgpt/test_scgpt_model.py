@@ -244,3 +244,41 @@ def test_mean_pooling_averages_the_gene_tokens_only(h):
     for i in range(len(pad)):
         genes = a.tokens[i, 1:][~pad[i, 1:]]
         torch.testing.assert_close(b.cell[i], genes.mean(0))
+
+
+def test_token_stream_slot_sees_gene_plus_value_embeddings(h):
+    """``stream_slot`` (TOKEN_STREAM, where scGPT's DSBN sits) receives exactly
+    ``encoder(ids) + value_encoder(values)``, before any prompt tokens; what it returns is what
+    the first layer reads."""
+    vocab = h.tiny_vocab()
+    model = ScGPTEncoder(
+        len(vocab), pad_id=vocab["<pad>"], embsize=32, nheads=4, d_hid=64, nlayers=2, dropout=0.0
+    ).eval()
+    surf = ScGPTBackbone().surfaces(model)
+    assert surf.token_stream is model.stream_slot
+    assert Capability.TOKEN_STREAM in surf.provides()
+    batch = h.padded_batch(vocab)
+    seen: list[torch.Tensor] = []
+    hook = model.stream_slot.register_forward_hook(lambda m, a, out: seen.append(a[0]))
+    surf.blocks[0].prompt.set(torch.nn.Parameter(torch.zeros(3, 32)))  # inserted after the slot
+    with torch.no_grad():
+        model(batch)
+        want = model.encoder(batch["gene_ids"]) + model.value_encoder(batch["values"])
+    hook.remove()
+    assert len(seen) == 1 and seen[0].shape == want.shape
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=0)
+
+    class Shift(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 0.5
+
+    layer0: list[torch.Tensor] = []
+    model.transformer_encoder.layers[0].register_forward_hook(
+        lambda m, a, out: layer0.append(a[0])
+    )
+    surf.token_stream.adapters.append(Shift())
+    with torch.no_grad():
+        model(batch)
+    prompts = 3
+    shifted = torch.cat([layer0[0][:, :1], layer0[0][:, 1 + prompts :]], dim=1)
+    torch.testing.assert_close(shifted, want + 0.5, rtol=0, atol=0)

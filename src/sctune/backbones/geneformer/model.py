@@ -5,6 +5,7 @@ runs its own loop over ``bert.encoder.layer`` to place the slots:
 
 ```
 h = TransformSlot_in(bert.embeddings(ids))                       # INPUT_EMBEDDING
+h = TransformSlot_stream(h)                                      # TOKEN_STREAM (same tensor)
 for layer i:
     h, mask = prompt_step(prompt_i, h, mask)                     # PROMPT_TOKENS (insert at 1)
     a  = layer.attention(h, mask)                                # LN(h + Dropout(O(MHA(h))))
@@ -73,6 +74,9 @@ class GeneformerEncoder(nn.Module):
         self.bert = BertModel(bert_config, add_pooling_layer=pooling == "pooler")
         n_layers = len(self.bert.encoder.layer)
         self.input_slot = TransformSlot()
+        # TOKEN_STREAM: right after input_slot, so both see the summed embeddings (this one after
+        # input_slot's adapters); outside ``bert``, so HF keys stay unchanged
+        self.stream_slot = TransformSlot()
         self.blocks = nn.ModuleList(GeneformerBlockSlots() for _ in range(n_layers))
         self.pooling = pooling
         self.special_ids = tuple(int(i) for i in special_ids)
@@ -102,6 +106,7 @@ class GeneformerEncoder(nn.Module):
         """Per-token outputs of the last layer (prompts stripped) and the padding mask."""
         h = self.bert.embeddings(input_ids=input_ids)
         h = self.input_slot(h)
+        h = self.stream_slot(h)
         state = PromptState(insert_at=self.prompt_insert_at)
         mask = padding_mask
         attn_mask = self._attention_mask(mask, h.dtype)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 NOTES = {
     "input_embedding": "after bert.embeddings (word + position + token-type, LayerNorm, dropout), "
     "before layer 0",
+    "token_stream": "right after the input_embedding slot (the same summed embeddings, after "
+    "that slot's adapters), before prompts and layer 0",
     "attention_output": "per layer, on the attention sub-block output after BertSelfOutput's "
     "LayerNorm; the FFN then reads the transformed stream",
     "ffn_parallel": "per layer, a branch fed with the attention output, added after the layer's "
@@ -273,6 +275,7 @@ class GeneformerBackbone(Backbone):
             input_embedding=module.input_slot,
             blocks=tuple(blocks),
             notes=dict(NOTES),
+            token_stream=module.stream_slot,
         )
 
     def resolve(

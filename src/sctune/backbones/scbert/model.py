@@ -81,6 +81,8 @@ class ScBERTModel(nn.Module):
         self.token_emb = nn.Embedding(NUM_TOKENS, dim)
         self.pos_emb = PositionTable(n_genes + 1, dim)
         self.input_slot = TransformSlot()
+        # TOKEN_STREAM: right after input_slot (same summed embeddings, after its adapters)
+        self.stream_slot = TransformSlot()
         self.performer = Performer(dim, depth, heads, dim_head, nb_features)
         self.norm = nn.LayerNorm(dim)
         self.to_out = nn.Linear(dim, NUM_TOKENS)  # pretraining LM head: loadable, unused here
@@ -112,6 +114,7 @@ class ScBERTModel(nn.Module):
             padding_mask = torch.zeros(b, n, dtype=torch.bool, device=tokens.device)
         x = self.token_emb(tokens) + self.pos_emb(n).to(self.token_emb.weight.dtype)
         x = self.input_slot(x)
+        x = self.stream_slot(x)
         state = PromptState(insert_at=0)
         for attn, ff in self.layers:
             x, padding_mask = prompt_step(attn.prompt, x, padding_mask, state)

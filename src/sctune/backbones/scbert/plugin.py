@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 NOTES = {
     Capability.INPUT_EMBEDDING.value: "on token_emb + gene2vec position embedding, before the "
     "first Performer layer (scPEFT's scBERT token adapter)",
+    Capability.TOKEN_STREAM.value: "right after the input_embedding slot (the same token_emb + "
+    "gene2vec sum, after that slot's adapters), before prompts and the first Performer layer",
     Capability.ATTENTION_OUTPUT.value: "on each layer's attention branch Attn(LN(x)) before the "
     "residual add: x + slot(Attn(LN x)) (scPEFT: x + Adapter_S(Attn(x)))",
     Capability.FFN_PARALLEL.value: "branch fed with each layer's FFN sub-block input x, added to "
@@ -222,6 +224,7 @@ class ScBERTBackbone(Backbone):
             input_embedding=module.input_slot,
             blocks=tuple(blocks),
             notes=dict(NOTES),
+            token_stream=module.stream_slot,
         )
 
     def resolve(

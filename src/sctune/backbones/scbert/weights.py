@@ -24,7 +24,7 @@ from sctune.core.errors import CheckpointError
 LM_HEAD_KEYS = ("to_out.weight", "to_out.bias")
 _CLASSIFIER = re.compile(r"^to_out\.(conv1|fc1|fc2|fc3)\.")
 _MAX_LISTED = 8
-_SLOT_KEY = re.compile(r"(^|\.)(input_slot|output_slot|parallel|prompt)\.")
+_SLOT_KEY = re.compile(r"(^|\.)(input_slot|stream_slot|output_slot|parallel|prompt)\.")
 
 
 @dataclass

@@ -128,7 +128,8 @@ class TransformerEncoder(nn.Module):
 
 
 class ScGPTEncoder(nn.Module):
-    """scGPT's encoder: ``h = enc_norm(emb(ids)) + value_encoder(values)``, then post-norm layers.
+    """scGPT's encoder: ``h = stream_slot(enc_norm(emb(ids)) + value_encoder(values))``, then
+    post-norm layers (``stream_slot`` is the TOKEN_STREAM point; prompts are inserted after it).
 
     ``forward(batch)`` reads ``gene_ids`` (long), ``values`` (float) and ``padding_mask`` (bool,
     ``True`` = padding; derived from ``gene_ids == pad_id`` when absent) and returns the ``<cls>``
@@ -158,6 +159,9 @@ class ScGPTEncoder(nn.Module):
         self.pad_id = pad_id
         self.encoder = GeneEncoder(ntoken, embsize, pad_id)
         self.value_encoder = ContinuousValueEncoder(embsize, dropout)
+        # TOKEN_STREAM point: on gene + value embeddings, before prompts and layer 0 (where
+        # scGPT's own DSBN sits); empty, so it adds no state_dict keys
+        self.stream_slot = TransformSlot()
         self.transformer_encoder = TransformerEncoder(
             [
                 EncoderLayer(embsize, nheads, d_hid, dropout, attention_dropout)
@@ -182,6 +186,7 @@ class ScGPTEncoder(nn.Module):
         h = self.encoder(ids) + self.value_encoder(
             batch["values"].to(self.encoder.enc_norm.weight)
         )
+        h = self.stream_slot(h)
         state = PromptState(insert_at=1)  # after <cls>
         for layer in self.transformer_encoder.layers:
             h, mask = prompt_step(layer.prompt_slot, h, mask, state)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 NOTES = {
     Capability.INPUT_EMBEDDING.value: "value encoder, between its LayerNorm and its dropout "
     "(scPEFT gene token prompt); the gene-id embedding is untouched",
+    Capability.TOKEN_STREAM.value: "stream_slot, on gene-id + value embeddings (their sum), "
+    "before prompts and layer 0: where scGPT's own DSBN sits",
     Capability.ATTENTION_OUTPUT.value: "each layer, on the stream right after norm1 "
     "(post-norm attention sub-block output, the FFN input)",
     Capability.FFN_PARALLEL.value: "each layer, branches fed with the FFN input and added after "
@@ -251,6 +253,7 @@ class ScGPTBackbone(Backbone):
             input_embedding=module.value_encoder.input_slot,
             blocks=tuple(blocks),
             notes=NOTES,
+            token_stream=module.stream_slot,
         )
 
     def resolve(

@@ -60,8 +60,9 @@ class BatchCorrectionConfig(PluginConfig):
     )
     dsbn: bool = Field(
         False,
-        description="domain-specific batch norm (scGPT's DSBN): the backbone's input embedding "
-        "(the INPUT_EMBEDDING insertion point, after any adapter there) goes through one "
+        description="domain-specific batch norm (scGPT's DSBN): the summed token embeddings "
+        "entering the first block (the TOKEN_STREAM insertion point, after any adapter there; "
+        "on scGPT gene + value embeddings, as in scGPT) go through one "
         "BatchNorm1d per training batch, chosen per cell; statistics over non-padding tokens; "
         "cells of batches without training cells use the average of the training batches' norms",
     )

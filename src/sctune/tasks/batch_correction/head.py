@@ -3,7 +3,7 @@
 The head returns one tensor ``[normalised embedding | batch logits | reconstruction | GEP]``;
 the loss splits it (:func:`split_outputs`, :func:`gep_columns`). With DSBN on, the head also owns
 a :class:`DomainSpecificBatchNorm` that :meth:`IntegrationHead.bind` hooks onto the backbone's
-input-embedding slot.
+token-stream slot (the summed token embeddings entering the first block, where scGPT's DSBN sits).
 """
 
 from __future__ import annotations
@@ -174,8 +174,8 @@ class IntegrationHead(EncoderHead):
     come from the backbone's masked-modelling objective on the per-token outputs.
 
     ``n_domains`` > 0 turns DSBN on: :meth:`bind` builds a :class:`DomainSpecificBatchNorm`
-    (``self.dsbn``, sized by the slot's width) and hooks it onto the backbone's input-embedding
-    slot, with each cell's domain read from the batch field :data:`DOMAIN_FIELD` by a forward
+    (``self.dsbn``, sized by the slot's width) and hooks it onto the backbone's token-stream
+    slot (the summed token embeddings before the first block and any prompts), with each cell's domain read from the batch field :data:`DOMAIN_FIELD` by a forward
     pre-hook on the backbone. Its tensors are the head's (``head.dsbn.*``); the backbone's
     state dict is unchanged.
     """
@@ -213,16 +213,16 @@ class IntegrationHead(EncoderHead):
         )
 
     def bind(self, module: nn.Module, surfaces: Surfaces) -> None:
-        """DSBN: hook :attr:`dsbn` onto ``surfaces.input_embedding`` (after its adapters)."""
+        """DSBN: hook :attr:`dsbn` onto ``surfaces.token_stream`` (after its adapters)."""
         if not self.n_domains:
             return
-        slot = surfaces.input_embedding
+        slot = surfaces.token_stream
         if slot is None:
             raise CompatibilityError(
-                "task 'batch_correction': task.dsbn normalises the backbone's input embedding "
-                "(insertion point 'input_embedding'), which this backbone module does not "
-                "provide",
-                hint="set task.dsbn=false, or use a backbone that provides input_embedding",
+                "task 'batch_correction': task.dsbn normalises the summed token embeddings that "
+                "enter the backbone's first block (insertion point 'token_stream'), which this "
+                "backbone module does not provide",
+                hint="set task.dsbn=false, or use a backbone that provides token_stream",
             )
         if self._hooks:
             raise RuntimeError("this head is already bound to a backbone")

@@ -14,7 +14,8 @@ batch indices below ``n_train_batches`` are the discriminator's classes (batches
 cells), others are ``-1`` for the loss. Labels are used only to evaluate.
 
 DSBN (``dsbn: true``, scGPT's domain-specific batch norm): the head owns one BatchNorm1d per
-training batch and hooks it onto the backbone's INPUT_EMBEDDING insertion point
+training batch and hooks it onto the backbone's TOKEN_STREAM insertion point (the summed token
+embeddings entering the first block, where scGPT's own DSBN sits)
 (:meth:`IntegrationHead.bind`); each cell's batch reaches it as the model input
 :data:`DOMAIN_FIELD` (:meth:`BatchCorrectionTask.model_inputs`: the training batch index, ``-1``
 for batches without training cells, which use the average of the training batches' norms).
@@ -92,8 +93,8 @@ class BatchCorrectionTask(Task):
     @classmethod
     def requires_for(cls, config: Any) -> frozenset[Capability]:
         needs = {Capability.MASKED_MODELLING} if config.gep else set()
-        if config.dsbn:  # the per-batch norm sits on the input embedding
-            needs.add(Capability.INPUT_EMBEDDING)
+        if config.dsbn:  # the per-batch norm sits on the summed token embeddings
+            needs.add(Capability.TOKEN_STREAM)
         return frozenset(needs)
 
     @classmethod
