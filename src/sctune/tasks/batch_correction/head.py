@@ -175,9 +175,10 @@ class IntegrationHead(EncoderHead):
 
     ``n_domains`` > 0 turns DSBN on: :meth:`bind` builds a :class:`DomainSpecificBatchNorm`
     (``self.dsbn``, sized by the slot's width) and hooks it onto the backbone's token-stream
-    slot (the summed token embeddings before the first block and any prompts), with each cell's domain read from the batch field :data:`DOMAIN_FIELD` by a forward
-    pre-hook on the backbone. Its tensors are the head's (``head.dsbn.*``); the backbone's
-    state dict is unchanged.
+    slot (the summed token embeddings before the first block and any prompts), with each
+    cell's domain read from the batch field :data:`DOMAIN_FIELD` by a forward pre-hook on the
+    backbone. Its tensors are the head's (``head.dsbn.*``); the backbone's state dict is
+    unchanged.
     """
 
     dsbn: DomainSpecificBatchNorm | None
