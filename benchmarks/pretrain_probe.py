@@ -58,8 +58,19 @@ def hvg_subsets(n: int, out: Path, genes_of: str | None = None) -> None:
     PRETRAIN_FILE, EVAL_FILE = out / "pretrain_hvg.h5ad", out / "eval_hvg.h5ad"
 
 
-ARCH = {
+ARCH = {  # the evaluation recipe's architecture set to the pretraining recipe's
     "scgpt": {"embsize": 128, "nheads": 4, "d_hid": 256, "nlayers": 4},
+    "geneformer": {"hidden_size": 128, "intermediate_size": 256},
+}
+SEQ = {"scgpt": "max_seq_len", "geneformer": "max_input_size"}  # tokens per cell
+FIXED_BY_CHECKPOINT = {
+    "geneformer": (
+        "hidden_size",
+        "num_layers",
+        "num_heads",
+        "intermediate_size",
+        "max_position_embeddings",
+    )
 }
 
 
@@ -69,7 +80,7 @@ def pretrain(
     overrides = [
         f"data.path={PRETRAIN_FILE}",
         f"trainer.epochs={epochs}",
-        f"backbone.max_seq_len={seq}",
+        f"backbone.{SEQ[backbone]}={seq}",
         "trainer.num_threads=2",
         f"output.dir={out}",
         "output.overwrite=true",
@@ -103,7 +114,7 @@ def evaluate(
         f"data.path={EVAL_FILE}",
         "data.gene_column=gene_symbol",
         f"data.max_cells={cells}",
-        f"backbone.max_seq_len={seq}",
+        f"backbone.{SEQ[backbone]}={seq}",
         f"adapter={{name: {method}}}",
         f"trainer.epochs={epochs}",
         "trainer.num_threads=2",
@@ -115,6 +126,8 @@ def evaluate(
     ]
     if checkpoint is not None:
         overrides.append(f"backbone.checkpoint={checkpoint}")
+        # the checkpoint's config fixes the shape: unset the recipe's shape keys
+        overrides += [f"backbone.{k}=null" for k in FIXED_BY_CHECKPOINT.get(backbone, ())]
     start = time.perf_counter()
     res = api.run(f"{backbone}/small_lora_cell_type", overrides, progress=False)
     t = res.metrics["test"]
