@@ -91,22 +91,10 @@ class MaskedModelling(nn.Module):
         self, prediction: torch.Tensor, masked: Masked
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per cell: summed loss over masked tokens, their count, and the number predicted right
-        (classification; NaN for regression). All float, shape ``(B,)``."""
-        pos = masked.positions
-        w = pos.to(torch.float32)
-        if self.kind == "regression":
-            err = (prediction.float() - masked.target.float()) ** 2
-            loss = (err * w).sum(1)
-            correct = torch.full_like(loss, float("nan"))
-        else:
-            logits = prediction.float()
-            target = masked.target.long().clamp_min(0)
-            ce = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none"
-            ).reshape(target.shape)
-            loss = (ce * w).sum(1)
-            correct = ((logits.argmax(-1) == target) & pos).to(torch.float32).sum(1)
-        return loss, w.sum(1), correct
+        (classification; NaN for regression), from predictions at every position. All float,
+        shape ``(B,)``."""
+        cell, where = masked.positions.nonzero(as_tuple=True)
+        return self._per_cell(prediction[cell, where], masked, cell, where)
 
     def score(
         self, tokens: torch.Tensor, masked: Masked
@@ -114,12 +102,17 @@ class MaskedModelling(nn.Module):
         """:meth:`per_cell` of the decoded per-token outputs ``(B, L, d)``, decoding only the
         masked positions (a decoder over Geneformer's 25,426-token vocabulary costs the same
         for every position it sees; most are not masked)."""
-        pos = masked.positions
-        cell, where = pos.nonzero(as_tuple=True)
+        cell, where = masked.positions.nonzero(as_tuple=True)
         prediction = self.decode(tokens[cell, where].unsqueeze(0)).squeeze(0)
+        return self._per_cell(prediction, masked, cell, where)
+
+    def _per_cell(
+        self, prediction: torch.Tensor, masked: Masked, cell: torch.Tensor, where: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sums per cell of the losses of the masked positions ``(cell, where)``, whose
+        predictions (values or logits) ``prediction`` holds in that order."""
         target = masked.target[cell, where]
-        n = pos.shape[0]
-        zeros = torch.zeros(n, dtype=torch.float32, device=tokens.device)
+        zeros = torch.zeros(masked.positions.shape[0], dtype=torch.float32, device=cell.device)
         count = zeros.index_add(0, cell, torch.ones_like(cell, dtype=torch.float32))
         if self.kind == "regression":
             err = (prediction.float() - target.float()) ** 2

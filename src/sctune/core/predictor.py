@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 
 from sctune.core import artifacts as A
 from sctune.core.errors import CheckpointError, DataError
+from sctune.core.preprocess import keep_genes
 
 
 def _rebase(value: Any, old: str, new: Path) -> Any:
@@ -268,10 +270,6 @@ def predict_h5ad(
                         run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"]
                     )
                 if run_genes is not None:
-                    from dataclasses import replace
-
-                    from sctune.core.preprocess import keep_genes
-
                     data = replace(data, expression=keep_genes(data.expression, run_genes))
                 cells = backbone.tokenize(data.expression, bcfg, seed=seed)
                 inputs = None
