@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -106,6 +106,24 @@ class GeneMatch:
         return text
 
 
+class _Picked(Sequence[np.ndarray]):
+    """Some rows of a flat field with offsets (e.g. memory-mapped tokens), without copying."""
+
+    def __init__(self, base: Any, idx: np.ndarray) -> None:
+        self.base, self.idx = base, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.base[int(self.idx[i])]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.base.offsets)[self.idx]
+
+
 @dataclass
 class TokenizedCells(torch.utils.data.Dataset):
     """Per-cell token arrays of variable length, padded per batch by :meth:`collate`.
@@ -133,12 +151,20 @@ class TokenizedCells(torch.utils.data.Dataset):
         offsets = getattr(first, "offsets", None)
         if offsets is not None:
             return np.diff(offsets)
+        if isinstance(first, _Picked):
+            return first.lengths()
         return np.fromiter((len(a) for a in first), dtype=np.int64, count=len(first))
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> TokenizedCells:
         idx = [int(i) for i in indices]
+
+        def pick(v: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+            if getattr(v, "offsets", None) is not None:  # flat on disk: index, do not copy
+                return _Picked(v, np.asarray(idx, dtype=np.int64))
+            return [v[i] for i in idx]
+
         return TokenizedCells(
-            fields={k: [v[i] for i in idx] for k, v in self.fields.items()},
+            fields={k: pick(v) for k, v in self.fields.items()},
             pad_values=self.pad_values,
             dtypes=self.dtypes,
             gene_match=self.gene_match,

@@ -448,13 +448,7 @@ def _from_adata(
         library = adata.obs["n_counts"].to_numpy(dtype=np.float64)
     elif detected == "counts":
         library = np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
-    if label_column is None:
-        labels = np.full(adata.n_obs, UNKNOWN_LABEL, dtype=object).astype(str)
-    else:
-        column = adata.obs[label_column]
-        if require_labels:
-            _check_labels(column, label_column, name, adata.obs_names)
-        labels = column.astype(str).to_numpy()
+    labels = _labels_of(adata.obs, label_column, name, require_labels=require_labels)
     return _File(
         name=name,
         X=X,
@@ -817,6 +811,17 @@ def _check_finite(X: sparse.csr_matrix, chosen: str, name: str, key: str, cells:
         f"(e.g. {_examples(cells, per_cell)}); sctune needs finite expression values",
         hint="fix or drop those cells before training, or point data.source at another matrix",
     )
+
+
+def _labels_of(obs: Any, label_column: str | None, name: str, *, require_labels: bool) -> Any:
+    """Each cell's label as a string (``'unknown'`` without a label column); with
+    ``require_labels`` missing or blank labels are refused."""
+    if label_column is None:
+        return np.full(len(obs), UNKNOWN_LABEL, dtype=object).astype(str)
+    column = obs[label_column]
+    if require_labels:
+        _check_labels(column, label_column, name, obs.index)
+    return column.astype(str).to_numpy()
 
 
 def _check_labels(labels: Any, column: str, name: str, cells: Any) -> None:

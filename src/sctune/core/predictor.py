@@ -371,7 +371,7 @@ class _H5Writer:
             self.file.close()
 
 
-def _progress(enabled: bool, total: int) -> Any:
+def _progress(enabled: bool, total: int, what: str = "annotating") -> Any:
     """A rich progress bar over cells, on an interactive stderr only."""
     import sys
 
@@ -388,7 +388,7 @@ def _progress(enabled: bool, total: int) -> Any:
     )
 
     bar = Progress(
-        TextColumn("annotating"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
     )  # fmt: skip
     bar.add_task("cells", total=total)

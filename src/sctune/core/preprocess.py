@@ -31,10 +31,18 @@ def lognorm(expression: Any) -> Any:
 def select_hvg(expression: Any, train: np.ndarray, n_hvg: int) -> list[str]:
     """The ``n_hvg`` genes of highest log-normalised variance over the TRAINING cells."""
     X = lognorm(expression)[train]
-    mean = np.asarray(X.mean(axis=0)).ravel()
-    sq = np.asarray(X.multiply(X).mean(axis=0)).ravel()
+    n = max(X.shape[0], 1)
+    mean = np.asarray(X.sum(axis=0), dtype=np.float64).ravel() / n
+    sq = np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel() / n
+    return hvg_from_moments(expression.genes, mean, sq, n_hvg)
+
+
+def hvg_from_moments(genes: Any, mean: np.ndarray, sq: np.ndarray, n_hvg: int) -> list[str]:
+    """The ``n_hvg`` genes of highest variance ``sq - mean**2`` (per-gene mean of the values and
+    of their squares), in column order; a duplicated identifier counts once (its first
+    column), genes without variance never. Shared by the in-memory and the chunked choice."""
     var = sq - mean**2
-    genes = list(expression.genes)
+    genes = list(genes)
     first = {g: i for i, g in reversed(list(enumerate(genes)))}
     idx = [i for i in np.argsort(-var, kind="stable") if first[genes[i]] == i and var[i] > 0]
     return [genes[i] for i in sorted(idx[: min(n_hvg, len(idx))])]

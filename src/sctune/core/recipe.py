@@ -178,6 +178,16 @@ class DataConfig(_Strict):
         "an informative gene; null = every gene. The kept genes are the run's genes.txt, and "
         "'sctune predict' keeps the same ones",
     )
+    stream: bool = Field(
+        False,
+        description="read the .h5ad file in chunks of chunk_size cells instead of loading X whole "
+        "(files larger than memory): tokens go to disk (cache_dir), predictions.h5ad is written "
+        "chunk by chunk; the task gets no expression matrix (GEPC and PCA/Harmony references "
+        "are off)",
+    )
+    chunk_size: int = Field(
+        20000, ge=1, description="data.stream: cells read, checked and tokenized at a time"
+    )
     cache_tokens: bool = Field(
         True,
         description="keep the tokenized cells on disk, keyed by data, vocabulary and tokenizer "

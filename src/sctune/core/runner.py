@@ -47,7 +47,12 @@ class Inputs:
 
 
 def prepare_inputs(
-    rec: Any, registry: Any, run_dir: Path, *, log: Callable[[str], None] = lambda m: None
+    rec: Any,
+    registry: Any,
+    run_dir: Path,
+    *,
+    log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> Inputs:
     """Load and check the data, split it, resolve the backbone, tokenize, prepare the task.
 
@@ -67,7 +72,17 @@ def prepare_inputs(
         warnings.append(line)
         log(f"warning: {line}")
 
-    data = load_data(rec.data, seed=seed)
+    streamed = None
+    if rec.data.stream:  # X stays in the file; see sctune.core.streaming
+        from sctune.core.data import LoadedData
+        from sctune.core.streaming import StreamedData
+
+        streamed = StreamedData(rec.data, seed=seed)
+        data = LoadedData(
+            streamed.expression(), streamed.labels, streamed.obs, streamed.source, streamed.notes
+        )
+    else:
+        data = load_data(rec.data, seed=seed)
     expr = data.expression
     say(
         f"data: {expr.n_cells} cells x {len(expr.genes)} genes from {describe_path(rec.data.path)} ({data.source}: {expr.kind})"
@@ -96,20 +111,28 @@ def prepare_inputs(
 
         from sctune.core.preprocess import keep_genes, select_hvg
 
-        chosen = select_hvg(expr, split["train"], rec.data.hvg)
         before = len(expr.genes)
-        expr = keep_genes(expr, chosen)
+        if streamed is not None:
+            chosen = streamed.select_hvg(split["train"], rec.data.hvg)
+            streamed.keep = chosen
+            expr = streamed.expression()
+        else:
+            chosen = select_hvg(expr, split["train"], rec.data.hvg)
+            expr = keep_genes(expr, chosen)
         data = replace(data, expression=expr)
         say(
             f"genes: kept the {len(chosen):,} most variable of {before:,} genes "
             "(data.hvg, chosen on the training cells)"
         )
+    train_cells = split["train"]
+    if streamed is not None:  # what a backbone derives from the training cells: one chunk's
+        train_cells = np.sort(train_cells)[: streamed.chunk]
     bcfg = resolve_config(
         backbone,
         rec.backbone.config,
         genes=list(expr.genes),
         run_dir=run_dir,
-        expression=_subset_expression(expr, split["train"]),
+        expression=_subset_expression(expr, train_cells),
     )
     if backbone.randomly_initialised(rec.backbone.config):
         say(
@@ -117,21 +140,39 @@ def prepare_inputs(
             "numbers measure the architecture + adapter, not pretrained knowledge"
         )
     _refuse_untrained_stems(backbone, bcfg, adapters)
-    from sctune.core.tokencache import tokenize_cached
+    from sctune.core.tokencache import tokenize_cached, tokenize_stream
 
-    tokens = tokenize_cached(
-        backbone,
-        expr,
-        bcfg,
-        seed=seed,
-        enabled=rec.data.cache_tokens,
-        cache_dir=rec.data.cache_dir,
-        log=say,
-    )
+    if streamed is not None:
+        from sctune.core.predictor import _nothing, _progress
+
+        bar = _progress(progress, streamed.n_cells, "tokenizing")
+        with bar or _nothing():
+            tokens = tokenize_stream(
+                backbone,
+                streamed,
+                bcfg,
+                seed=seed,
+                enabled=rec.data.cache_tokens,
+                cache_dir=rec.data.cache_dir,
+                log=say,
+                progress=None if bar is None else lambda n: bar.update(bar.task_ids[0], advance=n),
+            )
+    else:
+        tokens = tokenize_cached(
+            backbone,
+            expr,
+            bcfg,
+            seed=seed,
+            enabled=rec.data.cache_tokens,
+            cache_dir=rec.data.cache_dir,
+            log=say,
+        )
     if tokens.gene_match is not None:
         say(f"genes: {tokens.gene_match.summary()}")
-    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs, expression=expr)
-    targets = task.targets(data.labels, prepared, obs=data.obs, expression=expr)
+    # a streamed run hands the task no matrix: the task's optional expression extras say so
+    given = None if streamed is not None else expr
+    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs, expression=given)
+    targets = task.targets(data.labels, prepared, obs=data.obs, expression=given)
     return Inputs(
         backbone, adapters, task, data, split, bcfg, tokens, prepared, targets, warnings, info
     )
@@ -222,7 +263,7 @@ def execute(
         torch.set_num_threads(rec.trainer.num_threads)
     _same_recipe_on_resume(rec, run_dir / CHECKPOINT_DIR / "recipe.json", resume)
 
-    inp = prepare_inputs(rec, registry, run_dir, log=log)  # 1. inputs
+    inp = prepare_inputs(rec, registry, run_dir, log=log, progress=progress)  # 1. inputs
     write_split(
         run_dir / A.SPLIT,
         list(inp.data.expression.cell_ids),
@@ -664,7 +705,10 @@ def _write_predictions(
         var["gene_symbol"] = list(expr.gene_symbols)
     if expr.gene_ids is not None and "gene_ids" not in var.columns:
         var["gene_ids"] = list(expr.gene_ids)
-    out = ad.AnnData(X=expr.X, obs=obs, var=var)
+    from sctune.core.streaming import is_on_disk
+
+    on_disk = is_on_disk(expr)
+    out = ad.AnnData(X=None if on_disk else expr.X, obs=obs, var=var)
     out.var_names_make_unique()
     for name, values in (others or {}).items():  # the task's reference embeddings
         out.obsm[name] = np.asarray(values, dtype=np.float32)
@@ -673,7 +717,17 @@ def _write_predictions(
     for c in out.obs.columns:
         if out.obs[c].dtype == object:
             out.obs[c] = out.obs[c].astype(str)
-    out.write_h5ad(run_dir / A.PREDICTIONS, compression="gzip")
+    target = run_dir / A.PREDICTIONS
+    if not on_disk:
+        out.write_h5ad(target, compression="gzip")
+        return
+    tmp = target.with_name(target.name + ".partial")
+    try:  # data.stream: X copied from the file chunk by chunk
+        out.write_h5ad(tmp, compression="gzip")
+        expr.X.data.write_x(tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, Any]:
@@ -747,6 +801,11 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
 
 def _subset_expression(expr: Any, idx: np.ndarray) -> Any:
     from dataclasses import replace
+
+    from sctune.core.streaming import is_on_disk
+
+    if is_on_disk(expr):  # data.stream: read these cells from the file
+        return expr.X.data.expression_of(idx)
 
     return replace(
         expr,

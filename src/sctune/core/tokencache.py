@@ -246,3 +246,146 @@ def tokenize_cached(
     except OSError:  # a read-only or full disk only costs the next run the work
         pass
     return cells
+
+
+def _append(tmp: Path, cells: Any, first: Any, dtypes: list[Any], handles: list[Any]) -> Any:
+    """Append one chunk's flat fields to ``field<i>.bin`` (opened with the first chunk)."""
+    if first is None:
+        first = cells
+        handles = [open(tmp / f"field{i}.bin", "wb") for i in range(len(cells.fields))]
+        dtypes = [None] * len(handles)
+    for i, rows in enumerate(cells.fields.values()):
+        flat = np.concatenate(list(rows)) if len(rows) else np.zeros(0)
+        if dtypes[i] is None:
+            dtypes[i] = flat.dtype
+        handles[i].write(np.ascontiguousarray(flat, dtype=dtypes[i]).tobytes())
+    return first, dtypes, handles
+
+
+def stream_key(backbone: Any, config: Any, data: Any, *, seed: int) -> str:
+    """The cache key of a streamed run's tokens: the file by path, size and modification time
+    (hashing its content would read it once more), the matrix options, the cells, the kept
+    genes, the chunk size (each chunk is tokenized with the run's seed), and the backbone."""
+    st = data.path.stat()
+    head = {
+        "format": FORMAT,
+        "stream": True,
+        "file": [str(data.path.resolve()), st.st_size, st.st_mtime_ns],
+        "data": {k: getattr(data.cfg, k) for k in ("source", "kind", "gene_column")},
+        "chunk": data.chunk,
+        "rows": hashlib.sha256(np.ascontiguousarray(data.rows, dtype=np.int64).data).hexdigest(),
+        "keep": None
+        if data.keep is None
+        else hashlib.sha256("\n".join(data.keep).encode()).hexdigest(),
+        "backbone": backbone.name,
+        "options": _option_value(config.model_dump(mode="json")),
+        "plugin_source": _plugin_source(backbone),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+COPY_BLOCK = 8 * 2**20  # values per block when the streamed fields become .npy files
+
+
+def tokenize_stream(
+    backbone: Any,
+    data: Any,
+    config: Any,
+    *,
+    seed: int,
+    enabled: bool = True,
+    cache_dir: str | Path | None = None,
+    log: Any = None,
+    progress: Any = None,
+) -> Any:
+    """Tokenize a :class:`~sctune.core.streaming.StreamedData` chunk by chunk into flat files
+    on disk and return them memory-mapped, so memory holds one chunk, not the cells' tokens.
+
+    Each chunk is tokenized with ``seed`` (as ``sctune predict`` tokenizes its chunks). The
+    folder is the token cache entry (:func:`stream_key`); with ``enabled=False`` it is a
+    temporary folder under the cache directory, removed when the tokens are garbage-collected.
+    """
+    import tempfile
+    import weakref
+
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    key = stream_key(backbone, config, data, seed=seed)
+    folder = root / "tokens" / key
+    if enabled:
+        cached = load(folder) if folder.is_dir() else None
+        if cached is not None:
+            _warn(getattr(cached, "said", []))
+            if log is not None:
+                log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
+            return cached
+    (root / "tokens").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}.stream", dir=root / "tokens"))
+    try:
+        first: Any = None
+        handles: list[Any] = []
+        dtypes: list[Any] = []
+        lengths: list[np.ndarray] = []
+        said: list[tuple[str, str]] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for lo, hi, part in data.chunks():
+                cells = backbone.tokenize(part.expression, config, seed=seed)
+                first, dtypes, handles = _append(tmp, cells, first, dtypes, handles)
+                lengths.append(cells.lengths())
+                if progress is not None:
+                    progress(hi - lo)
+        for w in caught:  # reading and tokenizing warnings: each message once, not per chunk
+            item = (_category_name(w.category), str(w.message))
+            if item not in said:
+                said.append(item)
+        for h in handles:
+            h.close()
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
+        np.save(tmp / "offsets.npy", offsets)
+        for i, dtype in enumerate(dtypes):
+            raw = (
+                np.memmap(tmp / f"field{i}.bin", dtype=dtype, mode="r")
+                if offsets[-1]
+                else np.zeros(0, dtype)
+            )
+            out = np.lib.format.open_memmap(
+                tmp / f"field{i}.npy", mode="w+", dtype=dtype, shape=(int(offsets[-1]),)
+            )
+            for a in range(0, len(raw), COPY_BLOCK):
+                out[a : a + COPY_BLOCK] = raw[a : a + COPY_BLOCK]
+            out.flush()
+            del out, raw
+            (tmp / f"field{i}.bin").unlink()
+        meta = {
+            "format": FORMAT,
+            "fields": list(first.fields),
+            "pad_values": {k: float(v) for k, v in first.pad_values.items()},
+            "dtypes": {k: _dtype_name(v) for k, v in first.dtypes.items()},
+            "gene_match": None if first.gene_match is None else asdict(first.gene_match),
+            "meta": first.meta,
+            "warnings": [list(w) for w in said],
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _warn(said)
+    if log is not None:
+        log(
+            f"tokens: {len(offsets) - 1:,} cells tokenized chunk by chunk, memory-mapped from disk"
+        )
+    if enabled:
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        target = folder
+    else:
+        target = tmp
+    cells = load(target)
+    if cells is None:
+        raise OSError(f"the streamed tokens in '{target}' could not be read back")
+    if not enabled:
+        weakref.finalize(cells, shutil.rmtree, str(target), True)
+    return cells

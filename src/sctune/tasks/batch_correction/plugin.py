@@ -20,9 +20,9 @@ embeddings entering the first block, where scGPT's own DSBN sits)
 :data:`DOMAIN_FIELD` (:meth:`BatchCorrectionTask.model_inputs`: the training batch index, ``-1``
 for batches without training cells, which use the average of the training batches' norms).
 
-Expression: the engine (0.1) gives tasks ``obs`` but not the expression matrix. ``prepare`` and
-``targets`` take an optional ``expression`` (a :class:`sctune.core.cells.Expression`); without
-it the GEPC term and the PCA/Harmony references are off and say so.
+Expression: ``prepare`` and ``targets`` take an optional ``expression`` (a
+:class:`sctune.core.cells.Expression`); the engine passes none when the file is read in chunks
+(``data.stream: true``), and then the GEPC term and the PCA/Harmony references are off and say so.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ DOMAIN_FIELD = "batch_domain"
 ``-1`` for a batch without training cells."""
 
 NO_EXPRESSION = (
-    "the engine passed no expression matrix to the task: GEPC and the PCA/Harmony references "
-    "are off (they need sctune's engine to pass 'expression' to Task.prepare/targets)"
+    "no expression matrix was passed to the task (data.stream: true keeps it in the file): "
+    "GEPC and the PCA/Harmony references are off"
 )
 
 

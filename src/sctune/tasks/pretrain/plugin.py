@@ -78,8 +78,9 @@ class PretrainTask(Task):
             if expression is None:
                 raise DataError(
                     "task.gepc: reconstructing expression needs the expression matrix, which "
-                    "the engine did not pass to Task.prepare",
-                    hint="set task.gepc=false",
+                    "was not passed to the task (data.stream: true keeps it in the file)",
+                    hint="set task.gepc=false, or data.stream=false (with data.max_cells to fit "
+                    "in memory)",
                 )
             hvg = select_hvg(expression, split["train"], config.n_hvg)
         return {"labels": known, "hvg": hvg}
