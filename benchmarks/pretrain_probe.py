@@ -62,7 +62,13 @@ ARCH = {  # the evaluation recipe's architecture set to the pretraining recipe's
     "scgpt": {"embsize": 128, "nheads": 4, "d_hid": 256, "nlayers": 4},
     "geneformer": {"hidden_size": 128, "intermediate_size": 256},
 }
-SEQ = {"scgpt": "max_seq_len", "geneformer": "max_input_size"}  # tokens per cell
+ARCH["scbert"] = {"dim": 64, "depth": 4, "heads": 4, "dim_head": 16}
+SEQ = {"scgpt": "max_seq_len", "geneformer": "max_input_size"}  # tokens per cell (scBERT: all)
+EVAL_RECIPE = {
+    "scgpt": "scgpt/small_lora_cell_type",
+    "geneformer": "geneformer/small_lora_cell_type",
+    "scbert": "scbert/small_gene_token_prompt_cell_type",
+}
 FIXED_BY_CHECKPOINT = {
     "geneformer": (
         "hidden_size",
@@ -80,7 +86,7 @@ def pretrain(
     overrides = [
         f"data.path={PRETRAIN_FILE}",
         f"trainer.epochs={epochs}",
-        f"backbone.{SEQ[backbone]}={seq}",
+        *([f"backbone.{SEQ[backbone]}={seq}"] if backbone in SEQ else []),
         "trainer.num_threads=2",
         f"output.dir={out}",
         "output.overwrite=true",
@@ -109,12 +115,14 @@ def evaluate(
     cells: int,
     seq: int,
     extra: list[str],
+    seed: int = 0,
 ) -> dict:
     overrides = [
+        f"seed={seed}",
         f"data.path={EVAL_FILE}",
         "data.gene_column=gene_symbol",
         f"data.max_cells={cells}",
-        f"backbone.{SEQ[backbone]}={seq}",
+        *([f"backbone.{SEQ[backbone]}={seq}"] if backbone in SEQ else []),
         f"adapter={{name: {method}}}",
         f"trainer.epochs={epochs}",
         "trainer.num_threads=2",
@@ -129,7 +137,7 @@ def evaluate(
         # the checkpoint's config fixes the shape: unset the recipe's shape keys
         overrides += [f"backbone.{k}=null" for k in FIXED_BY_CHECKPOINT.get(backbone, ())]
     start = time.perf_counter()
-    res = api.run(f"{backbone}/small_lora_cell_type", overrides, progress=False)
+    res = api.run(EVAL_RECIPE[backbone], overrides, progress=False)
     t = res.metrics["test"]
     return {
         "macro_f1": t["macro_f1"],
@@ -187,13 +195,19 @@ def hvg_logreg(run_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--backbone", default="scgpt", choices=sorted(ARCH))
+    ap.add_argument("--backbone", default="scgpt", choices=sorted(EVAL_RECIPE))
     ap.add_argument("--epochs", type=int, default=4, help="pretraining epochs")
     ap.add_argument("--eval-epochs", type=int, default=5)
     ap.add_argument("--max-cells", type=int, default=2000)
     ap.add_argument("--seq", type=int, default=513)
     ap.add_argument("--methods", default="zero_shot,head,gene_encoder_prompt,lora")
     ap.add_argument("--out", type=Path, default=Path("runs/pretrain_probe"))
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="evaluation seeds (comma-separated): each draws its own cells and split of the "
+        "evaluation file; the table gives the mean and standard deviation over them",
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -245,41 +259,77 @@ def main() -> None:
         )
     print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1, default=str))
     rows = []
-    first_run = None
-    for method in args.methods.split(","):
-        for label, ckpt in (("random", None), ("pretrained", folder)):
-            r = evaluate(
-                args.backbone,
-                method,
-                ckpt,
-                args.out / f"{method}_{label}",
-                args.eval_epochs,
-                args.max_cells,
-                args.seq,
-                args.set,
-            )
-            first_run = first_run or Path(r["run_dir"])
-            rows.append((method, label, r))
-            print(method, label, r, flush=True)
-    lr = hvg_logreg(first_run) if first_run else {}
-    print("\n| method | backbone | macro F1 | accuracy | seconds |\n|---|---|---|---|---|")
-    for method, label, r in rows:
-        print(
-            f"| {method} | {label} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | {r['seconds']} |"
-        )
-        if "frozen_logreg" in r:
-            f = r["frozen_logreg"]
-            print(
-                f"| logistic regression on the frozen embedding | {label} | "
-                f"{f['macro_f1']:.3f} | {f['accuracy']:.3f} | - |"
-            )
-    if lr:
-        print(
-            f"| logistic regression, 2,000 HVGs | - | {lr['macro_f1']:.3f} | {lr['accuracy']:.3f} | - |"
-        )
+    seeds = [int(x) for x in args.seeds.split(",")]
+    hvg_lr: dict[int, dict] = {}
+    for seed in seeds:
+        first_run = None
+        for method in args.methods.split(","):
+            for label, ckpt in (("random", None), ("pretrained", folder)):
+                suffix = "" if seeds == [0] else f"_seed{seed}"
+                r = evaluate(
+                    args.backbone,
+                    method,
+                    ckpt,
+                    args.out / f"{method}_{label}{suffix}",
+                    args.eval_epochs,
+                    args.max_cells,
+                    args.seq,
+                    args.set,
+                    seed=seed,
+                )
+                first_run = first_run or Path(r["run_dir"])
+                rows.append((method, label, seed, r))
+                print(method, label, seed, r, flush=True)
+        if first_run:
+            hvg_lr[seed] = hvg_logreg(first_run)
+    print(table(rows, hvg_lr, seeds))
     (args.out / "summary.json").write_text(
-        json.dumps({"pretrain": info, "rows": rows, "logreg": lr}, indent=1, default=str)
+        json.dumps({"pretrain": info, "rows": rows, "logreg": hvg_lr}, indent=1, default=str)
     )
+
+
+LABELS = ("random", "pretrained")
+
+
+def table(rows: list, hvg_lr: dict[int, dict], seeds: list[int]) -> str:
+    """Macro F1 (mean +- sd over the seeds) per method, random vs pretrained side by side."""
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.3f}"
+        return f"{np.mean(values):.3f} +- {np.std(values, ddof=1):.3f}"
+
+    out = [
+        f"\nmacro F1 on the test cells, {len(seeds)} seed(s): {seeds}",
+        "| method | random | self-pretrained | pretrained - random (per seed) |",
+        "|---|---|---|---|",
+    ]
+    methods = list(dict.fromkeys(m for m, *_ in rows))
+
+    def line(name: str, scores: dict[str, dict[int, float]]) -> str:
+        diff = [scores["pretrained"][s] - scores["random"][s] for s in scores["random"]]
+        return (
+            f"| {name} | {cell(list(scores['random'].values()))} | "
+            f"{cell(list(scores['pretrained'].values()))} | {cell(diff)} |"
+        )
+
+    for method in methods:
+        mine = [(lab, s, r) for m, lab, s, r in rows if m == method]
+        scores = {k: {s: r["macro_f1"] for lab, s, r in mine if lab == k} for k in LABELS}
+        out.append(line(method, scores))
+        if all("frozen_logreg" in r for _, _, r in mine):
+            frozen = {
+                k: {s: r["frozen_logreg"]["macro_f1"] for lab, s, r in mine if lab == k}
+                for k in LABELS
+            }
+            out.append(line("logistic regression on the frozen embedding", frozen))
+    if hvg_lr:
+        out.append(
+            f"| logistic regression, 2,000 HVGs | {cell([v['macro_f1'] for v in hvg_lr.values()])} | - | - |"
+        )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

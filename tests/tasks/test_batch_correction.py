@@ -401,3 +401,26 @@ def test_validate_refuses_dsbn_on_a_backbone_without_token_stream() -> None:
     with pytest.raises(CompatibilityError, match="token_stream"):
         api.load(recipe, registry=registry)
     api.load({**recipe, "task": {"name": "batch_correction"}}, registry=registry)
+
+
+def test_metrics_of_a_large_test_set_use_a_fixed_sample() -> None:
+    """Every integration metric is pairwise: above ``embedding_metric_cells`` test cells they
+    are scored on a fixed random sample, and the metrics say so."""
+    import pandas as pd
+
+    task = BatchCorrectionTask()
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = np.array(["T", "B"])[rng.integers(0, 2, n)]
+    obs = pd.DataFrame({"batch": np.array(["a", "b"])[rng.integers(0, 2, n)]})
+    split = {"train": np.arange(150), "valid": np.arange(150, 170), "test": np.arange(170, n)}
+    cfg = BatchCorrectionConfig(embedding_metric_cells=60, umap=False, references=[])
+    state = task.prepare(labels, split, cfg, obs=obs)
+    targets = task.targets(labels, state, obs=obs)
+    emb = rng.normal(size=(n, 8)).astype(np.float32)
+    out = task.evaluate(
+        logits=np.zeros((n, 1)), targets=targets, embeddings=emb, prepared=state, config=cfg,
+        out_dir=None,
+    )  # fmt: skip
+    assert out["n_cells"] == 60 and "of the 200 test cells" in " ".join(out["notes"])
+    assert out["sctune"]["total"] is not None

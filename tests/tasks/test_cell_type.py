@@ -130,3 +130,36 @@ def test_preflight_missing_and_tiny_classes() -> None:
     assert report.info == ["2 training classes"]
     with pytest.raises(DataError, match="preflight found 1 problem"):
         report.raise_errors()
+
+
+def test_embedding_metrics_look_at_a_fixed_sample_of_large_test_sets() -> None:
+    """The silhouette is quadratic in the cells: above ``embedding_metric_cells`` it is taken on
+    a fixed random sample (the same on every call); accuracy and F1 still use every cell."""
+    from sklearn.metrics import silhouette_score
+
+    from sctune.core.preprocess import metric_sample
+
+    task = CellTypeTask()
+    state = task.prepare(LABELS, SPLIT, CellTypeConfig())
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 3, 500)
+    logits = np.eye(3)[targets] + rng.normal(0, 1, (500, 3))
+    emb = np.eye(3)[targets] + rng.normal(0, 0.5, (500, 3))
+    cfg = CellTypeConfig(umap=False, embedding_metric_cells=100)
+    a = task.evaluate(
+        logits=logits, targets=targets, embeddings=emb, prepared=state, config=cfg, out_dir=None
+    )
+    some = metric_sample(500, 100)
+    assert some is not None and len(some) == 100 and a["embedding_metric_cells"] == 100
+    assert a["silhouette"] == pytest.approx(silhouette_score(emb[some], targets[some]))
+    assert a["accuracy"] == pytest.approx((logits.argmax(1) == targets).mean())
+    whole = task.evaluate(
+        logits=logits,
+        targets=targets,
+        embeddings=emb,
+        prepared=state,
+        config=CellTypeConfig(umap=False, embedding_metric_cells=None),
+        out_dir=None,
+    )
+    assert whole["silhouette"] == pytest.approx(silhouette_score(emb, targets))
+    assert "embedding_metric_cells" not in whole and whole["accuracy"] == a["accuracy"]

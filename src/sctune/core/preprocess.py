@@ -75,3 +75,16 @@ def keep_genes(expression: Any, genes: Any) -> Any:
         gene_ids=pick(expression.gene_ids),
         library_size=library,
     )
+
+
+EMBEDDING_METRIC_CELLS = 20_000
+"""Default cap on the cells an embedding metric or plot looks at (silhouette, UMAP, scib and the
+probes grow with the square of the cells or close to it; classification metrics use all)."""
+
+
+def metric_sample(n: int, cap: int | None, seed: int = 0) -> np.ndarray | None:
+    """Sorted rows of a random sample of ``cap`` of ``n`` cells (fixed ``seed``, so the same
+    sample every evaluation), or ``None`` when ``cap`` is ``None`` or ``n <= cap`` (use all)."""
+    if cap is None or n <= cap:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))

@@ -76,3 +76,9 @@ class BatchCorrectionConfig(PluginConfig):
         True, description="compute kBET (the slowest metric; the first call compiles JAX code)"
     )
     umap: bool = Field(True, description="draw UMAPs by batch and cell type for each embedding")
+    embedding_metric_cells: int | None = Field(
+        20_000,
+        ge=10,
+        description="the integration metrics (scib), the PCA/Harmony references and the UMAPs look at a fixed random sample of at most this "
+        "many test cells (they grow with the square of the cells); null = every test cell",
+    )

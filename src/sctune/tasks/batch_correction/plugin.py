@@ -324,9 +324,15 @@ class BatchCorrectionTask(Task):
         config: Any,
         out_dir: Path | None,
     ) -> dict[str, Any]:
+        from sctune.core.preprocess import metric_sample
         from sctune.tasks.batch_correction import metrics
 
         start = time.perf_counter()
+        n_test = len(targets)
+        some = metric_sample(n_test, config.embedding_metric_cells)  # every metric is pairwise
+        if some is not None:
+            targets = targets[some]
+            embeddings = None if embeddings is None else embeddings[some]
         b = targets[:, 0].astype(np.int64)
         names = np.array(prepared.batches + ["unknown"], dtype=object)
         batch = names[np.where(b >= 0, b, len(prepared.batches))]
@@ -347,6 +353,11 @@ class BatchCorrectionTask(Task):
                 embs["harmony"] = metrics.harmony(pre, batch)
         elif config.references:
             notes.append(NO_EXPRESSION)
+        if some is not None:
+            notes.append(
+                f"scored on a fixed random {len(some):,} of the {n_test:,} test cells "
+                "(task.embedding_metric_cells)"
+            )
         result: dict[str, Any] = {
             "n_cells": len(targets),
             "n_batches": len(set(batch.tolist())),

@@ -33,3 +33,9 @@ class CellTypeConfig(PluginConfig):
     scib_silhouette: bool = Field(
         False, description="also report the scib-style (s+1)/2 silhouette"
     )
+    embedding_metric_cells: int | None = Field(
+        20_000,
+        ge=10,
+        description="the silhouette and the UMAP look at a fixed random sample of at most this "
+        "many test cells (they grow with the square of the cells); null = every test cell",
+    )

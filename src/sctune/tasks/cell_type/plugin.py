@@ -200,12 +200,18 @@ class CellTypeTask(Task):
         config: Any,
         out_dir: Path | None,
     ) -> dict[str, Any]:
+        from sctune.core.preprocess import metric_sample
         from sctune.tasks.cell_type import metrics, plots
 
         pred = logits.argmax(axis=1)
         result = metrics.classification_metrics(targets, pred, prepared.classes)
+        # silhouette and UMAP: a fixed sample of at most embedding_metric_cells test cells
+        some = metric_sample(len(targets), config.embedding_metric_cells)
+        at = slice(None) if some is None else some
+        if some is not None and embeddings is not None:
+            result["embedding_metric_cells"] = len(some)
         if embeddings is not None:
-            s = metrics.silhouette(embeddings, targets)
+            s = metrics.silhouette(embeddings[at], targets[at])
             result["silhouette"] = s
             if config.scib_silhouette and s is not None:
                 result["silhouette_scib_rescaled"] = (s + 1) / 2
@@ -220,7 +226,10 @@ class CellTypeTask(Task):
             if embeddings is not None and config.umap and len(targets) > 3:
                 names = np.array(prepared.classes, dtype=object)
                 plots.umap_png(
-                    embeddings, names[targets].tolist(), names[pred].tolist(), out_dir / "umap.png"
+                    embeddings[at],
+                    names[targets[at]].tolist(),
+                    names[pred[at]].tolist(),
+                    out_dir / "umap.png",
                 )
         return result
 

@@ -39,3 +39,9 @@ class PretrainConfig(PluginConfig):
         description="when the data has cell-type labels: score the frozen test embedding with a "
         "kNN and a logistic-regression probe (5-fold cross-validation on the test cells)",
     )
+    embedding_metric_cells: int | None = Field(
+        20_000,
+        ge=10,
+        description="the probes look at a fixed random sample of at most this many test cells; "
+        "null = every test cell",
+    )

@@ -156,7 +156,13 @@ class PretrainTask(Task):
         result: dict[str, Any] = dict(self._scores(logits, targets))
         result["n_cells"] = int(len(logits))
         if config.probe and embeddings is not None:
+            from sctune.core.preprocess import metric_sample
+
             labels = np.asarray(targets).reshape(len(logits), -1)[:, 0].astype(np.int64)
+            some = metric_sample(len(labels), config.embedding_metric_cells)
+            if some is not None:
+                embeddings, labels = embeddings[some], labels[some]
+                result["embedding_metric_cells"] = len(some)
             result.update(probe_scores(embeddings, labels))
         return result
 
