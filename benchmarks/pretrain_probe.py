@@ -133,7 +133,14 @@ def evaluate(
         *extra,
     ]
     if checkpoint is not None:
-        overrides.append(f"backbone.checkpoint={checkpoint}")
+        # the options the export says load it (backbone.yaml; paths relative to the folder)
+        exported = yaml.safe_load((checkpoint / "backbone.yaml").read_text())["backbone"]
+        for key, value in exported.items():
+            if key == "name":
+                continue
+            if isinstance(value, str) and (checkpoint / value).exists():
+                value = (checkpoint / value).resolve()
+            overrides.append(f"backbone.{key}={value}")
         # the checkpoint's config fixes the shape: unset the recipe's shape keys
         overrides += [f"backbone.{k}=null" for k in FIXED_BY_CHECKPOINT.get(backbone, ())]
     start = time.perf_counter()

@@ -15,7 +15,8 @@ DEFINITIONS = {
     "test split counts as 0 there, so this is lower when the test split lacks classes",
     "weighted_*": "mean over classes weighted by their number of test cells",
     "silhouette": "sklearn silhouette_score of the test-cell embeddings by true type, Euclidean "
-    "distance, raw value in [-1, 1]",
+    "distance, raw value in [-1, 1]; on a fixed random sample of task.embedding_metric_cells "
+    "test cells when there are more (embedding_metric_cells in the metrics says so)",
 }
 
 
