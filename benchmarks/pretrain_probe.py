@@ -30,6 +30,10 @@ from sctune import api
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PRETRAIN_FILE = SHARED / "pbmc3k_seurat_labeled.h5ad"
 EVAL_FILE = SHARED / "zheng_sorted_pbmc_facs.h5ad"
+# --eval pbmc3k: the pretraining file itself, on the pretraining run's split (train on its
+# training cells, score on its test cells, which pretraining never saw)
+EVAL = {"zheng": {"gene_column": "gene_symbol"}, "pbmc3k": {"gene_column": None}}
+SPLIT_FILE: Path | None = None
 
 
 def hvg_subsets(n: int, out: Path, genes_of: str | None = None) -> None:
@@ -117,11 +121,15 @@ def evaluate(
     extra: list[str],
     seed: int = 0,
 ) -> dict:
+    where = (
+        [f"data.split.file={SPLIT_FILE}"]
+        if SPLIT_FILE is not None
+        else ["data.gene_column=gene_symbol", f"data.max_cells={cells}"]
+    )
     overrides = [
         f"seed={seed}",
         f"data.path={EVAL_FILE}",
-        "data.gene_column=gene_symbol",
-        f"data.max_cells={cells}",
+        *where,
         *([f"backbone.{SEQ[backbone]}={seq}"] if backbone in SEQ else []),
         f"adapter={{name: {method}}}",
         f"trainer.epochs={epochs}",
@@ -184,7 +192,8 @@ def hvg_logreg(run_dir: Path) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
 
     split = json.loads((run_dir / "split.json").read_text())
-    a = ad.read_h5ad(SHARED / "zheng_sorted_pbmc_facs.h5ad")  # every gene, not the subset
+    source = "pbmc3k_seurat_labeled" if SPLIT_FILE is not None else "zheng_sorted_pbmc_facs"
+    a = ad.read_h5ad(SHARED / f"{source}.h5ad")  # every gene, not the subset
     idx = {c: i for i, c in enumerate(a.obs_names)}
     parts = {k: np.array([idx[c] for c in split[k]]) for k in ("train", "test")}
     sc.pp.normalize_total(a, target_sum=1e4)
@@ -243,9 +252,21 @@ def main() -> None:
         default=None,
         help="restrict both files to the genes of this dataset instead of --hvg",
     )
+    ap.add_argument(
+        "--eval",
+        choices=sorted(EVAL),
+        default="zheng",
+        help="zheng: 2,000 cells of another lab's sorted PBMCs; pbmc3k: the pretraining file on "
+        "the pretraining run's own split (its test cells were never pretrained on)",
+    )
     args = ap.parse_args()
+    global EVAL_FILE, SPLIT_FILE
     if args.hvg or args.genes_of:
         hvg_subsets(args.hvg, args.out / "data", args.genes_of)
+    if args.eval == "pbmc3k":
+        EVAL_FILE = PRETRAIN_FILE
+        run = args.pretrained if args.pretrained is not None else args.out / "pretrain"
+        SPLIT_FILE = (run / "split.json").resolve()
     if args.pretrained is not None:
         metrics = json.loads((args.pretrained / "metrics.json").read_text())
         history = (args.pretrained / "train_log.jsonl").read_text().splitlines()

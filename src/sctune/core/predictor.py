@@ -253,11 +253,12 @@ def predict_h5ad(
     writer = _H5Writer(Path(query), tmp) if is_file else None
     columns: dict[str, list[Any]] = {}
     embeddings: list[np.ndarray] = []
-    bar = _progress(progress, n)
+    bar = cell_progress(progress, n)
+    import contextlib
     import warnings
 
     try:
-        with bar or _nothing(), warnings.catch_warnings():
+        with bar or contextlib.nullcontext(), warnings.catch_warnings():
             warnings.simplefilter("once")  # a warning about the data: once, not per chunk
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
@@ -371,7 +372,7 @@ class _H5Writer:
             self.file.close()
 
 
-def _progress(enabled: bool, total: int, what: str = "annotating") -> Any:
+def cell_progress(enabled: bool, total: int, what: str = "annotating") -> Any:
     """A rich progress bar over cells, on an interactive stderr only."""
     import sys
 
@@ -393,11 +394,3 @@ def _progress(enabled: bool, total: int, what: str = "annotating") -> Any:
     )  # fmt: skip
     bar.add_task("cells", total=total)
     return bar
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: Any) -> None:
-        return None

@@ -143,10 +143,12 @@ def prepare_inputs(
     from sctune.core.tokencache import tokenize_cached, tokenize_stream
 
     if streamed is not None:
-        from sctune.core.predictor import _nothing, _progress
+        import contextlib
 
-        bar = _progress(progress, streamed.n_cells, "tokenizing")
-        with bar or _nothing():
+        from sctune.core.predictor import cell_progress
+
+        bar = cell_progress(progress, streamed.n_cells, "tokenizing")
+        with bar or contextlib.nullcontext():
             tokens = tokenize_stream(
                 backbone,
                 streamed,

@@ -92,7 +92,11 @@ class StreamedData:
         first = self._read_rows(self.rows[: self.chunk])  # checks, matrix, kind, genes
         self.first = first
         self.source = first.source
-        self.notes = list(first.notes)
+        self.notes = [n for n in first.notes if not n.startswith("data.label_column is null")]
+        if cfg.label_column is None:  # the note counts every cell, not the first chunk's
+            from sctune.core.data import _no_labels_note
+
+            self.notes.append(_no_labels_note(self.n_cells))
         self.keep: list[str] | None = None  # data.hvg
         self.obs = self.src.obs.iloc[self.rows].copy()
         label_column = cfg.label_column
