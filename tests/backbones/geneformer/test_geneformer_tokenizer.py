@@ -185,3 +185,21 @@ def test_mouse_symbols_never_map_case_insensitively(backbone, shared_data):
     mouse = ["Cd3e", "Cd4", "Ms4a1", "Lyz2", "Nkg7", "Gzma"]
     assert backbone.gene_match(human, cfg).n_matched == 6
     assert backbone.gene_match(mouse, cfg).n_matched == 0
+
+
+def test_rank_order_is_the_three_key_lexsort() -> None:
+    """The two stable sorts give exactly lexsort's order (row, value descending, stored
+    position), ties and empty rows included."""
+    from scipy import sparse
+
+    from sctune.backbones.geneformer.tokenizer import rank_order
+
+    rng = np.random.default_rng(3)
+    X = sparse.random(300, 50, density=0.3, format="csr", random_state=3)
+    X.data = rng.integers(1, 4, X.nnz).astype(float)  # many ties
+    X[5] = 0  # an empty row
+    X.eliminate_zeros()
+    X.sort_indices()
+    row_of = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    want = np.lexsort((X.indices, -X.data, row_of))
+    np.testing.assert_array_equal(rank_order(row_of, X.data), want)
