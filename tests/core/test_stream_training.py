@@ -183,3 +183,14 @@ def test_gepc_needs_the_matrix(cli, tiny_h5ad: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.code == 2 and "task.gepc" in r.text and "data.stream" in r.text
     assert not (tmp_path / "pt").exists()
+
+
+def test_inspect_streams_too(
+    tiny_h5ad: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sctune inspect`` (build + one audited backward pass) reads a chunk, not the file."""
+    reads = _no_whole_reads(monkeypatch, 40)
+    rec = _recipe("scgpt", tmp_path, tiny_h5ad, "i", stream=True, chunk_size=40)
+    report = api.inspect(rec, registry=REGISTRY)
+    assert reads and max(reads) <= 40
+    assert report["trainable"] > 0 and report["gradient_audit"]

@@ -72,18 +72,11 @@ def prepare_inputs(
         warnings.append(line)
         log(f"warning: {line}")
 
-    streamed = None
-    if rec.data.stream:  # X stays in the file; see sctune.core.streaming
-        from sctune.core.data import LoadedData
-        from sctune.core.streaming import StreamedData
+    from sctune.core.streaming import is_on_disk
 
-        streamed = StreamedData(rec.data, seed=seed)
-        data = LoadedData(
-            streamed.expression(), streamed.labels, streamed.obs, streamed.source, streamed.notes
-        )
-    else:
-        data = load_data(rec.data, seed=seed)
+    data = _load(rec)  # with data.stream, X stays in the file (sctune.core.streaming)
     expr = data.expression
+    streamed = expr.X.data if is_on_disk(expr) else None
     say(
         f"data: {expr.n_cells} cells x {len(expr.genes)} genes from {describe_path(rec.data.path)} ({data.source}: {expr.kind})"
     )
@@ -124,15 +117,12 @@ def prepare_inputs(
             f"genes: kept the {len(chosen):,} most variable of {before:,} genes "
             "(data.hvg, chosen on the training cells)"
         )
-    train_cells = split["train"]
-    if streamed is not None:  # what a backbone derives from the training cells: one chunk's
-        train_cells = np.sort(train_cells)[: streamed.chunk]
     bcfg = resolve_config(
         backbone,
         rec.backbone.config,
         genes=list(expr.genes),
         run_dir=run_dir,
-        expression=_subset_expression(expr, train_cells),
+        expression=_training_cells(expr, split),
     )
     if backbone.randomly_initialised(rec.backbone.config):
         say(
@@ -739,18 +729,19 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
     import torch
 
     backbone, adapters, task = _components(rec, registry)
-    data = load_data(rec.data, seed=rec.envelope.seed)
+    data = _load(rec)
     split = split_cells(data.obs, data.labels, rec.data.split, seed=rec.envelope.seed)
-    prepared = task.prepare(
-        data.labels, split, rec.task.config, obs=data.obs, expression=data.expression
-    )
+    from sctune.core.streaming import is_on_disk
+
+    given = None if is_on_disk(data.expression) else data.expression
+    prepared = task.prepare(data.labels, split, rec.task.config, obs=data.obs, expression=given)
     with tempfile.TemporaryDirectory() as tmp:
         bcfg = resolve_config(
             backbone,
             rec.backbone.config,
             genes=list(data.expression.genes),
             run_dir=Path(tmp),
-            expression=_subset_expression(data.expression, split["train"]),
+            expression=_training_cells(data.expression, split),
         )
         asm = assemble(backbone, bcfg, adapters, task, rec.task.config, prepared)
         model = asm.model
@@ -789,7 +780,12 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             batch = cells.collate([cells[i] for i in range(len(cells))])
             from sctune.core.trainer import add_model_inputs, model_input_arrays
 
-            y = task.targets(data.labels[idx], prepared, obs=data.obs.iloc[idx], expression=sub)
+            y = task.targets(
+                data.labels[idx],
+                prepared,
+                obs=data.obs.iloc[idx],
+                expression=None if given is None else sub,
+            )
             inputs = model_input_arrays(task, y, prepared, rec.task.config)
             add_model_inputs(batch, inputs, np.arange(len(y)))
             targets = torch.as_tensor(y)
@@ -799,6 +795,30 @@ def inspect_model(rec: Any, registry: Any, *, audit: bool = True) -> dict[str, A
             result = audit_gradients(model)
             report["gradient_audit"] = result.as_dict()
     return report
+
+
+def _load(rec: Any) -> Any:
+    """The recipe's data: in memory, or with ``data.stream`` its cells left in the file."""
+    if not rec.data.stream:
+        return load_data(rec.data, seed=rec.envelope.seed)
+    from sctune.core.data import LoadedData
+    from sctune.core.streaming import StreamedData
+
+    streamed = StreamedData(rec.data, seed=rec.envelope.seed)
+    return LoadedData(
+        streamed.expression(), streamed.labels, streamed.obs, streamed.source, streamed.notes
+    )
+
+
+def _training_cells(expr: Any, split: dict[str, np.ndarray]) -> Any:
+    """The training cells a backbone may derive statistics from; with ``data.stream`` the
+    first chunk of them, so memory stays bounded."""
+    from sctune.core.streaming import is_on_disk
+
+    train = split["train"]
+    if is_on_disk(expr):
+        train = np.sort(train)[: expr.X.data.chunk]
+    return _subset_expression(expr, train)
 
 
 def _subset_expression(expr: Any, idx: np.ndarray) -> Any:
