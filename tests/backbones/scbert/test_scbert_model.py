@@ -81,7 +81,7 @@ def test_projection_fixed_in_training() -> None:
     assert int(model.performer.calls_since_last_redraw) == 0
 
 
-@pytest.mark.parametrize("pooling", ["scbert", "mean"])
+@pytest.mark.parametrize("pooling", ["scbert", "mean", "mean_expressed"])
 def test_forward_shapes_and_eval_equals_train(pooling: str) -> None:
     torch.manual_seed(0)
     model = ScBERTModel(N, pooling=pooling, stem_hidden=32, **TINY)
@@ -101,6 +101,23 @@ def test_mean_pooling_reads_gene_positions_only() -> None:
         out = model({"tokens": x})
         hidden, _ = model.encode(x)
     torch.testing.assert_close(out.cell, hidden[:, :N].mean(1))
+
+
+def test_mean_expressed_pooling_reads_expressed_genes_only() -> None:
+    """The mean over the gene positions whose bin is not 0; a cell without any: zeros."""
+    model = ScBERTModel(N, pooling="mean_expressed", **TINY).eval()
+    x = _tokens()
+    x[0, :5] = 0  # some unexpressed genes
+    x[2, ::2] = 0
+    x[1, :N] = 0  # no expressed gene
+    with torch.no_grad():
+        out = model({"tokens": x})
+        hidden, _ = model.encode(x)
+    for i in (0, 2):
+        expressed = x[i, :N] > 0
+        assert 0 < int(expressed.sum()) < N
+        torch.testing.assert_close(out.cell[i], hidden[i, :N][expressed].mean(0))
+    torch.testing.assert_close(out.cell[1], torch.zeros(16))
 
 
 def test_surfaces_cover_all_capabilities(backbone, tiny_config) -> None:

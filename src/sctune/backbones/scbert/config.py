@@ -40,10 +40,12 @@ class ScBERTConfig(PluginConfig):
     nb_features: int | None = Field(
         None, ge=1, description="FAVOR+ random features; null: int(dim_head * ln(dim_head))"
     )
-    pooling: Literal["scbert", "mean"] = Field(
+    pooling: Literal["scbert", "mean", "mean_expressed"] = Field(
         "scbert",
         description="cell embedding: 'scbert' = fresh conv1+fc1 stem of scBERT's head "
-        "(stem_hidden wide, trained with the head); 'mean' = mean over gene positions (dim wide)",
+        "(stem_hidden wide, trained with the head); 'mean' = mean over gene positions (dim wide); "
+        "'mean_expressed' = mean over the genes the cell expresses (bin > 0), without the "
+        "unexpressed genes that are most of every cell's positions",
     )
     stem_hidden: int = Field(512, ge=1, description="width of the stem's fc1 (scBERT: 512)")
     stem_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after the stem's fc1")

@@ -57,7 +57,8 @@ class ScBERTModel(nn.Module):
         Performer sizes (scBERT: 200, 6, 10, 64, 266).
     pooling
         ``"scbert"``: the fresh conv/fc1 stem (``hidden_size = stem_hidden``); ``"mean"``: mean of
-        the final-norm outputs over the gene positions (``hidden_size = dim``).
+        the final-norm outputs over the gene positions (``hidden_size = dim``);
+        ``"mean_expressed"``: the same over the positions whose token (expression bin) is not 0.
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class ScBERTModel(nn.Module):
             self.stem: ScBERTStem | None = ScBERTStem(dim, n_genes + 1, stem_hidden, stem_dropout)
             self.hidden_size = stem_hidden
             self.fresh_modules: tuple[str, ...] = ("stem",)
-        elif pooling == "mean":
+        elif pooling in ("mean", "mean_expressed"):
             self.stem = None
             self.hidden_size = dim
             self.fresh_modules = ()
@@ -123,17 +124,28 @@ class ScBERTModel(nn.Module):
         x, padding_mask = strip_prompts(x, padding_mask, state)
         return self.norm(x), padding_mask
 
-    def pool(self, hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-        """Cell embedding from the final-norm outputs."""
+    def pool(
+        self, hidden: torch.Tensor, padding_mask: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cell embedding from the final-norm outputs (``tokens``: the input bins, needed by
+        ``mean_expressed``; a cell without an expressed gene gets zeros)."""
         if self.stem is not None:
             return self.stem(hidden)
         genes = hidden[:, : self.n_genes]
-        keep = (~padding_mask[:, : self.n_genes]).unsqueeze(-1).to(hidden.dtype)
-        return (genes * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        keep = ~padding_mask[:, : self.n_genes]
+        if self.pooling == "mean_expressed":
+            if tokens is None:
+                raise ValueError("pooling 'mean_expressed' needs the input tokens")
+            keep = keep & (tokens[:, : self.n_genes] > 0)
+        w = keep.unsqueeze(-1).to(hidden.dtype)
+        return (genes * w).sum(1) / w.sum(1).clamp(min=1.0)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        hidden, mask = self.encode(batch["tokens"], batch.get("padding_mask"))
-        return EncoderOutput(cell=self.pool(hidden, mask), tokens=hidden, padding_mask=mask)
+        tokens = batch["tokens"]
+        hidden, mask = self.encode(tokens, batch.get("padding_mask"))
+        return EncoderOutput(
+            cell=self.pool(hidden, mask, tokens), tokens=hidden, padding_mask=mask
+        )
 
     def lm_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pretraining logits over the 7 tokens (for checks against other implementations)."""
