@@ -149,20 +149,37 @@ def _warn(said: list[Any]) -> None:
         warnings.warn(message, category, stacklevel=3)
 
 
-def save(folder: Path, cells: Any, said: list[Any] | None = None) -> bool:
-    """Write ``cells`` atomically into ``folder`` with the warnings tokenizing gave (``said``);
-    ``False`` when they cannot be cached."""
-    try:
-        meta = {
+def _meta_json(cells: Any, said: list[Any]) -> str:
+    """``meta.json`` of a cache entry: the fields, their padding and dtypes, the gene match,
+    the backbone's meta and what tokenizing warned (both writers share it)."""
+    return json.dumps(
+        {
             "format": FORMAT,
             "fields": list(cells.fields),
             "pad_values": {k: float(v) for k, v in cells.pad_values.items()},
             "dtypes": {k: _dtype_name(v) for k, v in cells.dtypes.items()},
             "gene_match": None if cells.gene_match is None else asdict(cells.gene_match),
             "meta": cells.meta,
-            "warnings": [list(w) for w in said or []],
+            "warnings": [list(w) for w in said],
         }
-        text = json.dumps(meta)
+    )
+
+
+def _from_cache(folder: Path, log: Any) -> Any:
+    """The cache entry in ``folder`` (its warnings said again, the hit logged), or ``None``."""
+    cached = load(folder) if folder.is_dir() else None
+    if cached is not None:
+        _warn(getattr(cached, "said", []))  # what tokenizing said, said again
+        if log is not None:
+            log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
+    return cached
+
+
+def save(folder: Path, cells: Any, said: list[Any] | None = None) -> bool:
+    """Write ``cells`` atomically into ``folder`` with the warnings tokenizing gave (``said``);
+    ``False`` when they cannot be cached."""
+    try:
+        text = _meta_json(cells, said or [])
     except (TypeError, ValueError):
         return False
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
@@ -230,11 +247,8 @@ def tokenize_cached(
         return backbone.tokenize(expr, config, seed=seed)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     folder = root / "tokens" / cache_key(backbone, config, expr, seed=seed)
-    cached = load(folder) if folder.is_dir() else None
+    cached = _from_cache(folder, log)
     if cached is not None:
-        _warn(getattr(cached, "said", []))  # what tokenizing said, said again
-        if log is not None:
-            log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
         return cached
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -312,13 +326,9 @@ def tokenize_stream(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     key = stream_key(backbone, config, data, seed=seed)
     folder = root / "tokens" / key
-    if enabled:
-        cached = load(folder) if folder.is_dir() else None
-        if cached is not None:
-            _warn(getattr(cached, "said", []))
-            if log is not None:
-                log(f"tokens: {len(cached):,} cells read from the cache ({folder})")
-            return cached
+    cached = _from_cache(folder, log) if enabled else None
+    if cached is not None:
+        return cached
     (root / "tokens").mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{key}.stream", dir=root / "tokens"))
     try:
@@ -357,16 +367,7 @@ def tokenize_stream(
             out.flush()
             del out, raw
             (tmp / f"field{i}.bin").unlink()
-        meta = {
-            "format": FORMAT,
-            "fields": list(first.fields),
-            "pad_values": {k: float(v) for k, v in first.pad_values.items()},
-            "dtypes": {k: _dtype_name(v) for k, v in first.dtypes.items()},
-            "gene_match": None if first.gene_match is None else asdict(first.gene_match),
-            "meta": first.meta,
-            "warnings": [list(w) for w in said],
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        (tmp / "meta.json").write_text(_meta_json(first, said))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
