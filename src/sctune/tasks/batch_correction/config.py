@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from sctune.core.config import PluginConfig
+from sctune.core.preprocess import EMBEDDING_METRIC_CELLS
 
 
 class BatchCorrectionConfig(PluginConfig):
@@ -77,7 +78,7 @@ class BatchCorrectionConfig(PluginConfig):
     )
     umap: bool = Field(True, description="draw UMAPs by batch and cell type for each embedding")
     embedding_metric_cells: int | None = Field(
-        20_000,
+        EMBEDDING_METRIC_CELLS,
         ge=10,
         description="the integration metrics (scib), the PCA/Harmony references and the UMAPs look at a fixed random sample of at most this "
         "many test cells (they grow with the square of the cells); null = every test cell",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from sctune.core.config import PluginConfig
+from sctune.core.preprocess import EMBEDDING_METRIC_CELLS
 
 
 class CellTypeConfig(PluginConfig):
@@ -34,7 +35,7 @@ class CellTypeConfig(PluginConfig):
         False, description="also report the scib-style (s+1)/2 silhouette"
     )
     embedding_metric_cells: int | None = Field(
-        20_000,
+        EMBEDDING_METRIC_CELLS,
         ge=10,
         description="the silhouette and the UMAP look at a fixed random sample of at most this "
         "many test cells (they grow with the square of the cells); null = every test cell",

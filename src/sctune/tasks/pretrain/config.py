@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from sctune.core.config import PluginConfig
+from sctune.core.preprocess import EMBEDDING_METRIC_CELLS
 
 
 class PretrainConfig(PluginConfig):
@@ -40,7 +41,7 @@ class PretrainConfig(PluginConfig):
         "kNN and a logistic-regression probe (5-fold cross-validation on the test cells)",
     )
     embedding_metric_cells: int | None = Field(
-        20_000,
+        EMBEDDING_METRIC_CELLS,
         ge=10,
         description="the probes look at a fixed random sample of at most this many test cells; "
         "null = every test cell",
