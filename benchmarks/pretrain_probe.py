@@ -10,9 +10,14 @@
    frozen embedding: the linear-probe analogue), gene_encoder_prompt and lora.
 3. A logistic regression on 2,000 log-normalised HVGs (chosen on the training cells) on that split.
 
+``--pretrain-on pancreas_xin`` pretrains on the 674 Xin pancreas cells instead;
+``--eval pancreas_wang`` scores on Wang's pancreas cells (another lab), ``--eval own`` on the
+pretraining file's own held-out test cells.
+
 Prints a markdown table (macro F1, accuracy, training seconds) to paste into docs/results.md.
 
     python benchmarks/pretrain_probe.py --epochs 4 --eval-epochs 5 --max-cells 2000
+    python benchmarks/pretrain_probe.py --pretrain-on pancreas_xin --eval pancreas_wang
 """
 
 from __future__ import annotations
@@ -28,11 +33,22 @@ import yaml
 from sctune import api
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PRETRAIN_FILE = SHARED / "pbmc3k_seurat_labeled.h5ad"
-EVAL_FILE = SHARED / "zheng_sorted_pbmc_facs.h5ad"
-# --eval pbmc3k: the pretraining file itself, on the pretraining run's split (train on its
-# training cells, score on its test cells, which pretraining never saw)
-EVAL = {"zheng": {"gene_column": "gene_symbol"}, "pbmc3k": {"gene_column": None}}
+# --pretrain-on: the pretraining file; --eval: the evaluation file, or "own" (also spelt
+# "pbmc3k" for the default pretraining file): the pretraining file itself on the pretraining
+# run's split (train on its training cells, score on its test cells, never pretrained on).
+PRETRAIN_ON = {
+    "pbmc3k": "pbmc3k_seurat_labeled.h5ad",
+    "pancreas_xin": "pancreas_xin_scclassify_subset.h5ad",
+}
+EVAL = {  # file, the var column with gene symbols (None: var_names)
+    "zheng": ("zheng_sorted_pbmc_facs.h5ad", "gene_symbol"),
+    "pancreas_wang": ("pancreas_wang_scclassify_subset.h5ad", None),
+}
+OWN = ("own", "pbmc3k")
+PRETRAIN_FILE = SHARED / PRETRAIN_ON["pbmc3k"]
+EVAL_FILE = SHARED / EVAL["zheng"][0]
+EVAL_SOURCE = EVAL_FILE  # the evaluation file with every gene (for the HVG regression)
+EVAL_GENES: str | None = "gene_symbol"
 SPLIT_FILE: Path | None = None
 
 
@@ -58,7 +74,8 @@ def hvg_subsets(n: int, out: Path, genes_of: str | None = None) -> None:
         genes = set(norm.var_names[norm.var["highly_variable"]])
     pre[:, [g in genes for g in pre.var_names]].copy().write_h5ad(out / "pretrain_hvg.h5ad")
     ev = ad.read_h5ad(EVAL_FILE)
-    ev[:, ev.var["gene_symbol"].isin(genes).to_numpy()].copy().write_h5ad(out / "eval_hvg.h5ad")
+    symbols = ev.var[EVAL_GENES] if EVAL_GENES is not None else ev.var_names.to_series()
+    ev[:, symbols.isin(genes).to_numpy()].copy().write_h5ad(out / "eval_hvg.h5ad")
     PRETRAIN_FILE, EVAL_FILE = out / "pretrain_hvg.h5ad", out / "eval_hvg.h5ad"
 
 
@@ -124,7 +141,7 @@ def evaluate(
     where = (
         [f"data.split.file={SPLIT_FILE}"]
         if SPLIT_FILE is not None
-        else ["data.gene_column=gene_symbol", f"data.max_cells={cells}"]
+        else [f"data.gene_column={EVAL_GENES or 'null'}", f"data.max_cells={cells}"]
     )
     overrides = [
         f"seed={seed}",
@@ -192,14 +209,15 @@ def hvg_logreg(run_dir: Path) -> dict:
     from sklearn.metrics import accuracy_score, f1_score
 
     split = json.loads((run_dir / "split.json").read_text())
-    source = "pbmc3k_seurat_labeled" if SPLIT_FILE is not None else "zheng_sorted_pbmc_facs"
-    a = ad.read_h5ad(SHARED / f"{source}.h5ad")  # every gene, not the subset
+    a = ad.read_h5ad(EVAL_SOURCE)  # every gene, not the subset
     idx = {c: i for i, c in enumerate(a.obs_names)}
     parts = {k: np.array([idx[c] for c in split[k]]) for k in ("train", "test")}
-    sc.pp.normalize_total(a, target_sum=1e4)
-    sc.pp.log1p(a)
+    values = a.X.data if hasattr(a.X, "data") else np.asarray(a.X).ravel()
+    if np.allclose(values, np.round(values)):  # counts (the pancreas files are log-normalised)
+        sc.pp.normalize_total(a, target_sum=1e4)
+        sc.pp.log1p(a)
     train = a[parts["train"]].copy()
-    sc.pp.highly_variable_genes(train, n_top_genes=2000)
+    sc.pp.highly_variable_genes(train, n_top_genes=min(2000, a.n_vars))
     genes = train.var_names[train.var["highly_variable"]]
     X = a[:, genes].X
     y = a.obs["cell_type"].astype(str).to_numpy()
@@ -253,17 +271,32 @@ def main() -> None:
         help="restrict both files to the genes of this dataset instead of --hvg",
     )
     ap.add_argument(
+        "--pretrain-on",
+        choices=sorted(PRETRAIN_ON),
+        default="pbmc3k",
+        help="the pretraining file: pbmc3k (2,638 PBMCs, counts) or pancreas_xin (674 pancreas "
+        "cells, 980 genes, log-normalised)",
+    )
+    ap.add_argument(
         "--eval",
-        choices=sorted(EVAL),
+        choices=sorted([*EVAL, *OWN]),
         default="zheng",
-        help="zheng: 2,000 cells of another lab's sorted PBMCs; pbmc3k: the pretraining file on "
-        "the pretraining run's own split (its test cells were never pretrained on)",
+        help="zheng: 2,000 cells of another lab's sorted PBMCs; pancreas_wang: another lab's "
+        "pancreas cells (219 genes, all in pancreas_xin's panel); own (or pbmc3k): the "
+        "pretraining file on the pretraining run's own split (its test cells were never "
+        "pretrained on)",
     )
     args = ap.parse_args()
-    global EVAL_FILE, SPLIT_FILE
+    global PRETRAIN_FILE, EVAL_FILE, EVAL_SOURCE, EVAL_GENES, SPLIT_FILE
+    PRETRAIN_FILE = SHARED / PRETRAIN_ON[args.pretrain_on]
+    if args.eval in OWN:
+        EVAL_FILE, EVAL_GENES = PRETRAIN_FILE, None
+    else:
+        EVAL_FILE, EVAL_GENES = SHARED / EVAL[args.eval][0], EVAL[args.eval][1]
+    EVAL_SOURCE = EVAL_FILE
     if args.hvg or args.genes_of:
         hvg_subsets(args.hvg, args.out / "data", args.genes_of)
-    if args.eval == "pbmc3k":
+    if args.eval in OWN:
         EVAL_FILE = PRETRAIN_FILE
         run = args.pretrained if args.pretrained is not None else args.out / "pretrain"
         SPLIT_FILE = (run / "split.json").resolve()

@@ -3,6 +3,7 @@ reloads to the same weights and the same held-out masked loss."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,48 @@ def test_pretrain_exports_a_real_checkpoint_that_reloads_to_the_same_loss(
     again = second.metrics["test"]
     assert again["masked_tokens"] == test["masked_tokens"]
     assert again["masked_loss"] == pytest.approx(test["masked_loss"], rel=1e-5, abs=1e-6)
+    # which cells made the checkpoint travels with it; the same split tests on held-out cells
+    record = json.loads((folder / "pretraining_cells.json").read_text())
+    split = json.loads((first.run_dir / "split.json").read_text())
+    assert all(record[k] == split[k] for k in ("train", "valid", "test"))
+    seen = again["pretraining_cells"]
+    assert seen["test_cells_pretrained_on"] == 0 and seen["test_cells"] == len(split["test"])
+    assert seen["same_data_file"] == [tiny_h5ad.name]
+
+
+def test_a_run_testing_on_the_pretraining_cells_is_flagged(
+    registry, tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    """Another seed draws another split: test cells that trained the checkpoint are counted
+    and warned about; data.split.file=<pretraining_cells.json> gives back the held-out cells."""
+    first = api.run(
+        _recipe(registry, "scgpt", tmp_path, tiny_h5ad, tmp_path / "pre", epochs=1),
+        registry=registry,
+        progress=False,
+        log=lambda m: None,
+    )
+    folder = first.run_dir / "pretrained"
+    record = json.loads((folder / "pretraining_cells.json").read_text())
+    trained = set(record["train"]) | set(record["valid"])
+    options = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
+    options = {k: str(folder / v) if k != "name" else v for k, v in options.items()}
+    rec = testing.example_recipe(
+        registry, "scgpt", "lora", tmp_path, tiny_h5ad, epochs=0, out=tmp_path / "other"
+    )
+    rec["backbone"] = {**options, "pooling": rec["backbone"].get("pooling", "cls")}
+    rec["seed"] = 7
+    lines: list[str] = []
+    run = api.run(rec, registry=registry, progress=False, log=lines.append)
+    test_ids = json.loads((run.run_dir / "split.json").read_text())["test"]
+    want = sum(c in trained for c in test_ids)
+    assert want > 0  # another seed, another split
+    assert run.metrics["test"]["pretraining_cells"]["test_cells_pretrained_on"] == want
+    assert any("transductive" in line and f"{want} of the" in line for line in lines)
+    rec["data"]["split"] = {"file": str(folder / "pretraining_cells.json")}
+    rec["output"] = {**rec.get("output", {}), "dir": str(tmp_path / "held_out")}
+    held = api.run(rec, registry=registry, progress=False, log=lambda m: None)
+    assert held.metrics["test"]["pretraining_cells"]["test_cells_pretrained_on"] == 0
+    assert json.loads((held.run_dir / "split.json").read_text())["test"] == record["test"]
 
 
 def test_geneformer_masks_like_bert_and_never_specials() -> None:
@@ -92,6 +135,31 @@ def test_scbert_masks_only_expressed_bins() -> None:
     loss, count, correct = obj.per_cell(logits, masked)
     assert torch.equal(count, pos.sum(1).float())
     assert torch.equal(correct, (pos & (tokens == 3)).sum(1).float())
+
+
+def test_scbert_mask_unexpressed_also_masks_zero_bins_at_that_rate() -> None:
+    """``mask_unexpressed``: the expressed genes are masked as before (same draw), plus that
+    fraction of each cell's zero-bin genes; padding and the last (non-gene) position never."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 6, (200, 41), generator=g)
+    tokens[:, :20] = 0  # half of the genes unexpressed in every cell
+    pad = torch.zeros_like(tokens, dtype=torch.bool)
+    pad[::2, 35:40] = True
+    batch = {"tokens": tokens, "padding_mask": pad}
+    plain = ScBERTMaskedBins(8, n_genes=40).mask(batch, 0.15, torch.Generator().manual_seed(3))
+    obj = ScBERTMaskedBins(8, n_genes=40, mask_unexpressed=0.25)
+    masked = obj.mask(batch, 0.15, torch.Generator().manual_seed(3))
+    pos = masked.positions
+    assert torch.equal(pos & (tokens > 0), plain.positions)  # the expressed draw is unchanged
+    zero = tokens == 0
+    zero[:, 40:] = False
+    zero &= ~pad
+    assert not (pos & (pad | (torch.arange(41) == 40))).any()
+    share = (pos & zero).sum(1).float() / zero.sum(1).float()
+    want = (zero.sum(1).float() * 0.25).round() / zero.sum(1).float()
+    assert torch.allclose(share, want)
+    assert (masked.batch["tokens"][pos] == MASK_TOKEN).all()
+    assert (masked.target[pos & zero] == 0).all()
 
 
 def test_the_exported_embedding_is_of_clean_cells_and_eval_masks_are_fixed() -> None:

@@ -24,6 +24,8 @@ BUILTIN_DATASETS = {
     "scanpy:pbmc68k_reduced_counts": "bulk_labels",
     "scanpy:pbmc68k_two_batches": "bulk_labels",
 }
+BUILTIN_CELLS = dict.fromkeys(BUILTIN_DATASETS, "scanpy:pbmc68k_reduced")
+"""Which cells a built-in dataset holds (all three: scanpy's 700 pbmc68k_reduced cells)."""
 SPLITS = ("train", "valid", "test")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from sctune.core import artifacts as A
+from sctune.core import provenance
 from sctune.core.assembly import assemble, count_parameters
 from sctune.core.backbone import resolve_config
 from sctune.core.data import describe_path, load_data, split_cells, write_split
@@ -264,6 +265,15 @@ def execute(
         seed=seed,
         method=rec.data.split.method,
     )
+    seen = provenance.overlap(
+        dict(inp.bcfg), rec.data.path, inp.data.expression.cell_ids, inp.split["test"]
+    )
+    if seen and seen["test_cells_pretrained_on"]:
+        log(
+            f"warning: {seen['test_cells_pretrained_on']} of the {seen['test_cells']} test cells "
+            f"pretrained this checkpoint ({seen['record']}): test metrics on them are "
+            f"transductive; data.split.file={seen['record']} scores on its held-out cells"
+        )
     ctx = _build_model(rec, inp, run_dir, resume=resume, log=log)  # 2. model
     registry.pm.hook.sctune_before_run(run=ctx)
     fit_result = _train(rec, inp, ctx, registry, progress=progress, resume=resume)  # 3. training
@@ -279,6 +289,8 @@ def execute(
     )
     if inp.task.exports_backbone(rec.task.config):
         test_metrics["export"] = export_backbone(inp, ctx, run_dir / EXPORT_DIR, log=log)
+    if seen is not None:
+        test_metrics["pretraining_cells"] = seen
     metrics = _write_run(rec, inp, ctx, registry, run_dir, fit_result, outputs, test_metrics)
     log(f"test: {inp.task.summary(test_metrics)}  ({len(test)} cells)")  # 5. files
     sizes = metrics["artifact_bytes"]
@@ -367,6 +379,7 @@ def export_backbone(
         "# the backbone options that load this checkpoint; paths are relative to this folder\n"
         + yaml.safe_dump({"backbone": {"name": inp.backbone.name, **relative}}, sort_keys=False)
     )
+    provenance.write(out_dir, out_dir.parent / A.SPLIT)
     files = sorted(p.name for p in out_dir.iterdir())
     log(f"exported the backbone in its real format to <run>/{EXPORT_DIR}/ ({', '.join(files)})")
     return {

@@ -47,6 +47,14 @@ class ScBERTConfig(PluginConfig):
         "'mean_expressed' = mean over the genes the cell expresses (bin > 0), without the "
         "unexpressed genes that are most of every cell's positions",
     )
+    mask_unexpressed: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="pretraining objective: also mask this fraction of each cell's UNEXPRESSED "
+        "genes (target bin 0), so the model must also say which genes a cell expresses, not only "
+        "at which level; 0 = scBERT's own objective (expressed genes only)",
+    )
     stem_hidden: int = Field(512, ge=1, description="width of the stem's fc1 (scBERT: 512)")
     stem_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after the stem's fc1")
     min_gene_match: float = Field(

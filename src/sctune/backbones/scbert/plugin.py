@@ -137,7 +137,9 @@ class ScBERTBackbone(Backbone):
     def masked_modelling(self, module: nn.Module, config: PluginConfig) -> MaskedModelling:
         from sctune.backbones.scbert.objective import ScBERTMaskedBins
 
-        objective = ScBERTMaskedBins(int(module.dim), int(module.n_genes))
+        objective = ScBERTMaskedBins(
+            int(module.dim), int(module.n_genes), mask_unexpressed=_cfg(config).mask_unexpressed
+        )
         objective.to_out.load_state_dict(module.to_out.state_dict())
         objective.loaded_from_checkpoint = _cfg(config).checkpoint is not None
         return objective.to(module.to_out.weight.device)
