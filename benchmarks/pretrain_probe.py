@@ -39,6 +39,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PRETRAIN_ON = {
     "pbmc3k": "pbmc3k_seurat_labeled.h5ad",
     "pancreas_xin": "pancreas_xin_scclassify_subset.h5ad",
+    "pbmc68k": "pbmc68k_reduced_counts.h5ad",  # the quickstart's 700 cells, as counts
 }
 EVAL = {  # file, the var column with gene symbols (None: var_names)
     "zheng": ("zheng_sorted_pbmc_facs.h5ad", "gene_symbol"),
@@ -66,6 +67,8 @@ def hvg_subsets(n: int, out: Path, genes_of: str | None = None) -> None:
     pre = ad.read_h5ad(PRETRAIN_FILE)
     if genes_of == "pbmc68k_reduced":
         genes = set(sc.datasets.pbmc68k_reduced().raw.var_names)
+    elif genes_of is not None:  # another shared file's panel, e.g. pancreas_wang's 219 genes
+        genes = set(ad.read_h5ad(SHARED / EVAL[genes_of][0], backed="r").var_names)
     else:
         norm = pre.copy()
         sc.pp.normalize_total(norm, target_sum=1e4)
@@ -266,16 +269,18 @@ def main() -> None:
     )
     ap.add_argument(
         "--genes-of",
-        choices=["pbmc68k_reduced"],
+        choices=["pbmc68k_reduced", "pancreas_wang"],
         default=None,
-        help="restrict both files to the genes of this dataset instead of --hvg",
+        help="restrict both files to the genes of this dataset instead of --hvg (pancreas_wang: "
+        "its 219-gene panel, all in pancreas_xin's 980)",
     )
     ap.add_argument(
         "--pretrain-on",
         choices=sorted(PRETRAIN_ON),
         default="pbmc3k",
-        help="the pretraining file: pbmc3k (2,638 PBMCs, counts) or pancreas_xin (674 pancreas "
-        "cells, 980 genes, log-normalised)",
+        help="the pretraining file: pbmc3k (2,638 PBMCs, counts), pancreas_xin (674 pancreas "
+        "cells, 980 genes, log-normalised) or pbmc68k (the quickstart's 700 cells x 765 genes, "
+        "counts; with --eval own: in-domain pretraining on the cells then fine-tuned on)",
     )
     ap.add_argument(
         "--eval",
