@@ -223,3 +223,19 @@ def test_gepc_trains_the_cell_embedding_and_predict_reproduces_it(
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_embedding_spread_flags_a_collapsed_embedding() -> None:
+    """0 for identical cells, tiny for cells that differ by noise of 1e-5 around one direction,
+    and a warning in the run summary below the threshold; healthy random embeddings pass."""
+    from sctune.tasks.pretrain.plugin import COLLAPSED, PretrainTask, embedding_spread
+
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=32)
+    assert embedding_spread(np.tile(one, (50, 1))) == pytest.approx(0.0, abs=1e-12)
+    collapsed = one + 1e-5 * rng.normal(size=(50, 32))
+    healthy = one + 0.5 * rng.normal(size=(50, 32))
+    assert embedding_spread(collapsed) < COLLAPSED < embedding_spread(healthy)
+    task = PretrainTask()
+    assert "COLLAPSED" in task.summary({"embedding_spread": embedding_spread(collapsed)})
+    assert "COLLAPSED" not in task.summary({"embedding_spread": embedding_spread(healthy)})

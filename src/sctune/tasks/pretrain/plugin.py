@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 UNLABELLED = {"", "unknown", "nan", "none"}
+COLLAPSED = 1e-6
+"""``embedding_spread`` below this: the cells embed almost alike (a representation collapse; a
+randomly initialised backbone measured 1e-3 to 3e-3, healthy pretrained ones 5e-4 to 0.1, a
+collapsed one 1e-8)."""
 MASKED_COLUMNS = 3  # [summed masked loss, masked tokens, correct tokens], then GEPC columns
 
 
@@ -155,7 +159,7 @@ class PretrainTask(Task):
     ) -> dict[str, Any]:
         result: dict[str, Any] = dict(self._scores(logits, targets))
         result["n_cells"] = int(len(logits))
-        if config.probe and embeddings is not None:
+        if embeddings is not None and len(embeddings):
             from sctune.core.preprocess import metric_sample
 
             labels = np.asarray(targets).reshape(len(logits), -1)[:, 0].astype(np.int64)
@@ -163,7 +167,9 @@ class PretrainTask(Task):
             if some is not None:
                 embeddings, labels = embeddings[some], labels[some]
                 result["embedding_metric_cells"] = len(some)
-            result.update(probe_scores(embeddings, labels))
+            result["embedding_spread"] = embedding_spread(embeddings)
+            if config.probe:
+                result.update(probe_scores(embeddings, labels))
         return result
 
     def annotate(self, logits: np.ndarray, prepared: Any) -> dict[str, np.ndarray]:
@@ -184,6 +190,14 @@ class PretrainTask(Task):
         for key in ("gepc_mse", "knn_macro_f1", "logreg_macro_f1"):
             if key in metrics:
                 parts.append(f"{key} {metrics[key]:.4f}")
+        spread = metrics.get("embedding_spread")
+        if spread is not None and spread < COLLAPSED:
+            parts.append(
+                f"WARNING: the cell embeddings have COLLAPSED (embedding_spread {spread:.1e} < "
+                f"{COLLAPSED:.0e}: every cell embeds almost alike, the objective is being met "
+                "without reading the cell); try a lower trainer.optimizer.lr, fewer epochs or more "
+                "cells, and check the probes"
+            )
         return "  ".join(parts) or "no masked tokens scored"
 
     def describe(self, prepared: Any) -> str:
@@ -232,3 +246,14 @@ def probe_scores(embeddings: np.ndarray, targets: np.ndarray, folds: int = 5) ->
 @hookimpl
 def sctune_register_tasks() -> list[type[Task]]:
     return [PretrainTask]
+
+
+def embedding_spread(embeddings: np.ndarray) -> float:
+    """1 - the mean cosine similarity of each cell's embedding to the cells' mean embedding: 0
+    when every cell embeds in the same direction (collapse), larger the more cells differ."""
+    E = np.asarray(embeddings, dtype=np.float64)
+    centre = E.mean(axis=0)
+    norms = np.linalg.norm(E, axis=1) * np.linalg.norm(centre)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norms > 0, E @ centre / np.where(norms > 0, norms, 1.0), 1.0)
+    return float(max(0.0, 1.0 - cos.mean()))
