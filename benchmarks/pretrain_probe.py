@@ -163,8 +163,9 @@ def evaluate(
     if checkpoint is not None:
         # the options the export says load it (backbone.yaml; paths relative to the folder)
         exported = yaml.safe_load((checkpoint / "backbone.yaml").read_text())["backbone"]
+        chosen = {x.split("=", 1)[0] for x in extra}  # --set wins over the export's options
         for key, value in exported.items():
-            if key == "name":
+            if key == "name" or f"backbone.{key}" in chosen:
                 continue
             if isinstance(value, str) and (checkpoint / value).exists():
                 value = (checkpoint / value).resolve()

@@ -46,7 +46,8 @@ def test_pretrain_exports_a_real_checkpoint_that_reloads_to_the_same_loss(
     options = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
     assert options.pop("name") == backbone
     options = {
-        k: str((folder / v).resolve()) if isinstance(v, str) else v for k, v in options.items()
+        k: str((folder / v).resolve()) if isinstance(v, str) and (folder / v).exists() else v
+        for k, v in options.items()
     }
     # continued: the exported backbone, decoder included, evaluated without training
     base = _recipe(registry, backbone, tmp_path, tiny_h5ad, tmp_path / "again", epochs=0)
@@ -81,11 +82,14 @@ def test_a_run_testing_on_the_pretraining_cells_is_flagged(
     record = json.loads((folder / "pretraining_cells.json").read_text())
     trained = set(record["train"]) | set(record["valid"])
     options = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
-    options = {k: str(folder / v) if k != "name" else v for k, v in options.items()}
+    options = {
+        k: str(folder / v) if isinstance(v, str) and (folder / v).exists() else v
+        for k, v in options.items()
+    }
     rec = testing.example_recipe(
         registry, "scgpt", "lora", tmp_path, tiny_h5ad, epochs=0, out=tmp_path / "other"
     )
-    rec["backbone"] = {**options, "pooling": rec["backbone"].get("pooling", "cls")}
+    rec["backbone"] = options
     rec["seed"] = 7
     lines: list[str] = []
     run = api.run(rec, registry=registry, progress=False, log=lines.append)

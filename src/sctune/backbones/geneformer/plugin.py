@@ -134,7 +134,7 @@ class GeneformerBackbone(Backbone):
             if k.startswith(("bert.", "cls.")) and k != "bert.embeddings.position_ids"
         }
         save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-        options = {"checkpoint": str(out_dir)}
+        options: dict[str, Any] = {"checkpoint": str(out_dir)}
         for key in ("token_dictionary", "gene_median_dictionary", "gene_name_id_dict"):
             path = getattr(config, key)
             src = dictionary_file(path, key) if path else None
@@ -142,6 +142,7 @@ class GeneformerBackbone(Backbone):
                 dest = out_dir / Path(src).name
                 shutil.copyfile(src, dest)
                 options[key] = str(dest)
+        options["pooling"] = config.pooling  # the cell embedding it was trained with (GEPC)
         return options
 
     def reference_parameter_count(self, config: GeneformerConfig) -> int | None:

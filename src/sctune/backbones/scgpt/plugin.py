@@ -186,6 +186,7 @@ class ScGPTBackbone(Backbone):
         options: dict[str, Any] = {"checkpoint": str(Path(out_dir))}
         if config.value_style != "binned":  # loading it needs the style it was trained with
             options["value_style"] = config.value_style
+        options["pooling"] = config.pooling  # the cell embedding it was trained with (GEPC)
         return options
 
     def reference_parameter_count(self, config: ScGPTConfig) -> int | None:
