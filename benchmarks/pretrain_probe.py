@@ -325,6 +325,17 @@ def main() -> None:
             [*args.set, *args.pretrain_set],
         )
     print(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1, default=str))
+    # the random backbone gets the export's non-path options too (pooling, value style, shape),
+    # so both columns differ only in the weights; --set still wins
+    exported = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
+    chosen = {x.split("=", 1)[0] for x in args.set}
+    like = [
+        f"backbone.{k}={v}"
+        for k, v in exported.items()
+        if k != "name"
+        and f"backbone.{k}" not in chosen
+        and not (isinstance(v, str) and (folder / v).exists())
+    ]
     rows = []
     seeds = [int(x) for x in args.seeds.split(",")]
     hvg_lr: dict[int, dict] = {}
@@ -341,7 +352,7 @@ def main() -> None:
                     args.eval_epochs,
                     args.max_cells,
                     args.seq,
-                    args.set,
+                    [*like, *args.set],
                     seed=seed,
                 )
                 first_run = first_run or Path(r["run_dir"])

@@ -243,3 +243,44 @@ def test_embedding_spread_flags_a_collapsed_embedding() -> None:
     task = PretrainTask()
     assert "COLLAPSED" in task.summary({"embedding_spread": embedding_spread(collapsed)})
     assert "COLLAPSED" not in task.summary({"embedding_spread": embedding_spread(healthy)})
+
+
+def test_embedding_spread_cannot_be_fooled_by_nan_or_too_few_cells() -> None:
+    from sctune.tasks.pretrain.plugin import PretrainTask, embedding_spread
+
+    rng = np.random.default_rng(1)
+    healthy = rng.normal(size=(40, 16)) + 3.0
+    broken = healthy.copy()
+    broken[0, 0] = np.nan
+    assert embedding_spread(broken) == pytest.approx(embedding_spread(healthy[1:]))
+    assert np.isnan(embedding_spread(healthy[:1]))
+    assert np.isnan(embedding_spread(np.zeros((5, 4))))
+    assert embedding_spread(np.array([[1.0, 0.0], [-1.0, 0.0]])) == 1.0  # mean zero
+    assert "COLLAPSED" not in PretrainTask().summary({"embedding_spread": float("nan")})
+
+
+def test_the_overlap_is_compared_only_on_the_same_cells(tmp_path: Path) -> None:
+    """A record is compared with a run that holds most of its cells (whatever the file is
+    called), or some of them from a file of the same name; otherwise ``None``, not 0."""
+    from sctune.core import provenance
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    cells = [f"c{i}" for i in range(100)]
+    split = {"dataset": "/a/cells.h5ad", "train": cells[:70], "valid": cells[70:80]}
+    split["test"] = cells[80:]
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    provenance.write(folder, tmp_path / "split.json")
+    test = np.arange(60, 100)  # 10 train + 10 valid + 20 held-out cells
+    opts = {"checkpoint": str(folder), "vocab": str(folder)}
+    same = provenance.overlap(opts, "/b/renamed.h5ad", cells, test)
+    assert same is not None and same["test_cells_pretrained_on"] == 20
+    other = [f"x{i}" for i in range(95)] + cells[:5]  # another experiment, 5 shared barcodes
+    assert (
+        provenance.overlap(opts, "/b/other.h5ad", other, test)["test_cells_pretrained_on"] is None
+    )
+    named = provenance.overlap(opts, "/c/cells.h5ad", other, np.arange(100))
+    assert named["test_cells_pretrained_on"] == 5 and named["same_data_file"] == ["cells.h5ad"]
+    assert provenance.overlap({"vocab": str(folder)}, "/a/cells.h5ad", cells, test) is None
+    (folder / provenance.PRETRAINING_CELLS).write_text("[1, 2]")
+    assert provenance.overlap(opts, "/a/cells.h5ad", cells, test) is None

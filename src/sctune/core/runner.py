@@ -272,7 +272,8 @@ def execute(
         log(
             f"warning: {seen['test_cells_pretrained_on']} of the {seen['test_cells']} test cells "
             f"pretrained this checkpoint ({seen['record']}): test metrics on them are "
-            f"transductive; data.split.file={seen['record']} scores on its held-out cells"
+            f"transductive; on the same data, data.split.file={seen['record']} scores on its "
+            "held-out cells"
         )
     ctx = _build_model(rec, inp, run_dir, resume=resume, log=log)  # 2. model
     registry.pm.hook.sctune_before_run(run=ctx)

@@ -172,7 +172,8 @@ class ScBERTBackbone(Backbone):
         torch.save({"model_state_dict": tensors}, weights)
         options: dict[str, Any] = {"checkpoint": str(weights)}
         options.update({k: getattr(cfg, k) for k in ("dim", "depth", "heads", "dim_head")})
-        options["pooling"] = cfg.pooling  # the cell embedding it was trained with (GEPC)
+        if cfg.pooling != "scbert":  # the parameter-free cell embedding it was trained with
+            options["pooling"] = cfg.pooling  # (scBERT's stem is not written: no place for it)
         if cfg.nb_features is not None:
             options["nb_features"] = cfg.nb_features
         for key in ("gene_order", "gene2vec"):

@@ -250,10 +250,20 @@ def sctune_register_tasks() -> list[type[Task]]:
 
 def embedding_spread(embeddings: np.ndarray) -> float:
     """1 - the mean cosine similarity of each cell's embedding to the cells' mean embedding: 0
-    when every cell embeds in the same direction (collapse), larger the more cells differ."""
+    when every cell embeds in the same direction (collapse), larger the more cells differ. NaN
+    when it cannot be told (fewer than 2 cells with a finite, non-zero embedding); 1 when the
+    mean embedding is zero (cells spread evenly in every direction)."""
     E = np.asarray(embeddings, dtype=np.float64)
+    if E.ndim != 2:
+        return float("nan")
+    norms = np.linalg.norm(E, axis=1)
+    keep = np.isfinite(E).all(axis=1) & (norms > 0)
+    if keep.sum() < 2:
+        return float("nan")
+    E, norms = E[keep], norms[keep]
     centre = E.mean(axis=0)
-    norms = np.linalg.norm(E, axis=1) * np.linalg.norm(centre)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norms > 0, E @ centre / np.where(norms > 0, norms, 1.0), 1.0)
+    length = float(np.linalg.norm(centre))
+    if length == 0.0:
+        return 1.0
+    cos = (E @ centre) / (norms * length)
     return float(max(0.0, 1.0 - cos.mean()))
