@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from sctune.core.data import BUILTIN_CELLS
+from sctune.core.recipe import data_files
+
 PRETRAINING_CELLS = "pretraining_cells.json"
 
 NOTE = (
@@ -40,15 +43,11 @@ def write(out_dir: Path, split_file: Path) -> None:
 
 def _dataset_names(path: Any) -> set[str]:
     """File names of a recipe's ``data.path`` (a string, a list, or a name -> path mapping)."""
-    if isinstance(path, dict):
-        items = list(path.values())
-    elif isinstance(path, list | tuple):
-        items = list(path)
-    else:
-        items = [path]
-    from sctune.core.data import BUILTIN_CELLS
-
-    return {BUILTIN_CELLS.get(str(p), Path(str(p)).name) for p in items if p is not None}
+    if path is None:
+        return set()
+    files = data_files(list(path) if isinstance(path, tuple) else path)
+    items = [p for _, p in files] if files is not None else [str(path)]
+    return {BUILTIN_CELLS.get(p, Path(p).name) for p in items}
 
 
 def find(options: dict[str, Any]) -> Path | None:
