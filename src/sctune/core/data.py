@@ -192,6 +192,8 @@ class LoadedData:
     source: str
     notes: list[str] = field(default_factory=list)
     files: list[dict[str, Any]] = field(default_factory=list)
+    empty_cells: int = 0
+    """Cells without any count in the chosen matrix (:func:`check_empty_cells` judges them)."""
 
 
 def _candidates(adata: ad.AnnData) -> list[tuple[str, Any, Any]]:
@@ -229,6 +231,7 @@ class _File:
     labels: np.ndarray
     obs: Any
     notes: list[str]
+    empty: int = 0
 
 
 def load_data(
@@ -278,8 +281,13 @@ def loaded_from_adata(
     where: str | None = None,
     require_labels: bool = True,
     subsample_seed: int | None = None,
+    check_empty: bool = True,
 ) -> LoadedData:
-    """:func:`load_data` of one AnnData already in memory (e.g. a chunk of a backed file)."""
+    """:func:`load_data` of one AnnData already in memory (e.g. a chunk of a backed file).
+
+    ``check_empty=False`` leaves the judgement of cells without counts to the caller
+    (``LoadedData.empty_cells`` counts them): a reader of chunks judges the whole file once.
+    """
     origin = "data.path" if where is None else where
     part = _from_adata(
         adata,
@@ -289,6 +297,7 @@ def loaded_from_adata(
         where=where,
         require_labels=require_labels,
         subsample_seed=subsample_seed,
+        check_empty=check_empty,
     )
     notes = part.notes
     if cfg.label_column is None:
@@ -302,7 +311,7 @@ def loaded_from_adata(
         gene_symbols=_first_column(part.var, SYMBOL_COLUMNS),
         gene_ids=_first_column(part.var, ID_COLUMNS),
     )
-    return LoadedData(expr, part.labels, part.obs, part.chosen, notes)
+    return LoadedData(expr, part.labels, part.obs, part.chosen, notes, empty_cells=part.empty)
 
 
 def _subsample(n: int, k: int, seed: int) -> np.ndarray:
@@ -327,11 +336,9 @@ def _from_adata(
     where: str | None,
     require_labels: bool,
     subsample_seed: int | None,
+    check_empty: bool = True,
 ) -> _File:
     """One file: checks, matrix choice, kind, identifiers, library sizes and labels."""
-    import warnings
-
-    from sctune.core.errors import SctuneWarning
 
     def key(k: str) -> str:
         return f"data.{k}" if where is None else f"{where} (the run's data.{k})"
@@ -383,10 +390,21 @@ def _from_adata(
         chosen = cfg.source
     else:
         empty_x = " (X is None in this file)" if cfg.source == "X" and adata.X is None else ""
+        if where is None:
+            hint = "set data.source to one of the available matrices (auto prefers counts)"
+        else:  # sctune predict: the query must offer the matrix the run was trained on
+            target = {"X": "adata.X", "raw": "adata.raw"}.get(
+                cfg.source, f"adata.layers['{cfg.source.removeprefix('layer:')}']"
+            )
+            hint = (
+                f"the run read its cells from {cfg.source}; put the query's matrix of the same "
+                f"kind there (e.g. {target} = <the matrix>; adata.write_h5ad(...)) and rerun"
+            )
         raise DataError(
             f"{key('source')}: '{cfg.source}' is not in '{name}'{empty_x}"
             f"{did_you_mean(cfg.source, by_name)}\n"
-            f"  available: auto, {', '.join(by_name)}"
+            f"  available: auto, {', '.join(by_name)}",
+            hint=hint,
         )
     _, matrix, var = by_name[chosen]
     X = sparse.csr_matrix(matrix, dtype=np.float32)
@@ -421,29 +439,29 @@ def _from_adata(
             "data.source to a layer or .raw with counts"
         )
     empty = int((np.asarray(abs(X).sum(axis=1)).ravel() == 0).sum()) if kind != "scaled" else 0
-    if empty:
-        share = empty / X.shape[0]
-        text = (
-            f"{empty:,} of {X.shape[0]:,} cells ({share:.0%}) have no counts in {chosen} of "
-            f"'{name}'"
-        )
-        tip = "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
-        if share > MAX_EMPTY_CELLS:
-            raise DataError(
-                f"{origin}: {text}; they carry no information",
-                hint=f"{tip}, or point data.source at the matrix with the counts",
-            )
-        warnings.warn(f"{text}; they are embedded from no genes ({tip})", SctuneWarning, 2)
+    if check_empty:
+        check_empty_cells(empty, X.shape[0], chosen=chosen, name=name, origin=origin)
     if cfg.gene_column is None:
         genes, gene_source = tuple(map(str, var.index)), "var_names"
     elif cfg.gene_column in var.columns:
         genes = tuple(map(str, var[cfg.gene_column]))
         gene_source = f"var['{cfg.gene_column}']"
     else:
+        columns = quoted(map(str, var.columns)) or "(none)"
+        if where is None:
+            listed, hint = f"{columns}; null uses var_names", None
+        else:  # sctune predict: the run's genes are read from that column of the query
+            listed = columns
+            hint = (
+                f"the run read its genes from var['{cfg.gene_column}']; add that column to the "
+                f"query (e.g. adata.var['{cfg.gene_column}'] = adata.var_names when var_names "
+                "hold the same identifiers; adata.write_h5ad(...)) and rerun"
+            )
         raise DataError(
             f"{key('gene_column')}: column '{cfg.gene_column}' not found in adata.var of '{name}'"
             f"{did_you_mean(cfg.gene_column, var.columns)}\n"
-            f"  available columns: {quoted(map(str, var.columns)) or '(none)'}; null uses var_names"
+            f"  available columns: {listed}",
+            hint=hint,
         )
     library = None
     if "n_counts" in adata.obs.columns and detected == "counts":
@@ -464,7 +482,29 @@ def _from_adata(
         labels=labels,
         obs=adata.obs,
         notes=notes,
+        empty=empty,
     )
+
+
+def check_empty_cells(empty: int, total: int, *, chosen: str, name: str, origin: str) -> None:
+    """Warn about ``empty`` of ``total`` cells without counts; refuse above
+    :data:`MAX_EMPTY_CELLS`. Chunked readers (``data.stream``, ``sctune predict``) call it once
+    with the whole file's numbers, so the verdict does not depend on the chunk size."""
+    import warnings
+
+    from sctune.core.errors import SctuneWarning
+
+    if not empty:
+        return
+    share = empty / total
+    text = f"{empty:,} of {total:,} cells ({share:.0%}) have no counts in {chosen} of '{name}'"
+    tip = "filter them first, e.g. sc.pp.filter_cells(adata, min_counts=1)"
+    if share > MAX_EMPTY_CELLS:
+        raise DataError(
+            f"{origin}: {text}; they carry no information",
+            hint=f"{tip}, or point data.source at the matrix with the counts",
+        )
+    warnings.warn(f"{text}; they are embedded from no genes ({tip})", SctuneWarning, 3)
 
 
 # --------------------------------------------------------------------------- several files

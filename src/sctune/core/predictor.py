@@ -133,6 +133,43 @@ def _load_backbone_weights(module: Any, path: Path, sha256: str) -> None:
 MIN_QUERY_COVERAGE = 0.5  # below this share of the run's genes, predict warns
 
 
+def run_gene_list(run_dir: Path) -> list[str] | None:
+    """The run's genes (``genes.txt``) in order, or ``None`` when the run lists none."""
+    path = run_dir / A.GENES
+    if not path.is_file():
+        return None
+    genes = [g for g in path.read_text(encoding="utf-8").splitlines() if g]
+    return genes or None
+
+
+def in_run_namespace(expr: Any, run_genes: list[str] | None) -> Any:
+    """``expr`` with the query's identifiers that name the run's genes as its ``genes``.
+
+    A run keeps its genes in one namespace (``genes.txt``); several training files may have
+    been mapped to it through a symbol or Ensembl id column (``var['gene_symbol']``,
+    ``var['gene_ids']``). A query that names its genes the other way but carries such a column
+    (one of the run's own files, say) is read through that column, as the run read it.
+    """
+    if not run_genes:
+        return expr
+    wanted = set(run_genes)
+
+    def hits(names: Any) -> int:
+        return 0 if names is None else len(wanted.intersection(map(str, names)))
+
+    own = hits(expr.genes)
+    best = max(
+        (("gene_symbols", expr.gene_symbols), ("gene_ids", expr.gene_ids)),
+        key=lambda item: hits(item[1]),
+    )
+    if hits(best[1]) <= own:
+        return expr
+    from sctune.core.cells import looks_like_ensembl
+
+    moved = "gene_ids" if looks_like_ensembl(expr.genes) else "gene_symbols"
+    return replace(expr, **{best[0]: None, moved: expr.genes}, genes=tuple(best[1]))
+
+
 def query_gene_coverage(
     run_dir: Path, genes: Any, where: str, gene_column: str | None
 ) -> float | None:
@@ -159,7 +196,8 @@ def query_gene_coverage(
         raise DataError(
             f"{text}: the run's genes (e.g. {', '.join(repr(g) for g in run_genes[:3])}) are "
             f"read from the query's {column}, which holds e.g. {seen}",
-            hint="give the query the same kind of gene identifiers the run was trained on",
+            hint="give the query the same kind of gene identifiers the run was trained on, "
+            "in var_names or in a var column such as var['gene_symbol'] or var['gene_ids']",
         )
     if share < MIN_QUERY_COVERAGE:
         warnings.warn(
@@ -198,7 +236,7 @@ def predict_h5ad(
     """
     from types import SimpleNamespace
 
-    from sctune.core.data import loaded_from_adata, read_adata
+    from sctune.core.data import check_empty_cells, loaded_from_adata, read_adata
     from sctune.core.recipe import DataConfig, output_dir_problem
     from sctune.core.trainer import embed_and_score, make_accelerator, model_input_arrays
 
@@ -247,12 +285,14 @@ def predict_h5ad(
     run_genes = None
     if dcfg.get("hvg") is not None and (run_dir / A.GENES).is_file():
         run_genes = [g for g in (run_dir / A.GENES).read_text(encoding="utf-8").splitlines() if g]
+    listed = run_gene_list(run_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     is_file = getattr(src, "isbacked", False)
     writer = _H5Writer(Path(query), tmp) if is_file else None
     columns: dict[str, list[Any]] = {}
     embeddings: list[np.ndarray] = []
+    empty = 0  # cells without counts, over every chunk
     bar = cell_progress(progress, n)
     import contextlib
     import warnings
@@ -264,8 +304,15 @@ def predict_h5ad(
                 hi = min(n, lo + chunk)
                 part = src[lo:hi].to_memory() if is_file else src[lo:hi]
                 data = loaded_from_adata(
-                    part, cfg, name=Path(query).name, where=where, require_labels=False
+                    part,
+                    cfg,
+                    name=Path(query).name,
+                    where=where,
+                    require_labels=False,
+                    check_empty=False,  # judged once over the whole query, below
                 )
+                empty += data.empty_cells
+                data = replace(data, expression=in_run_namespace(data.expression, listed))
                 if lo == 0:
                     query_gene_coverage(
                         run_dir, data.expression.genes, f"query '{query}'", dcfg["gene_column"]
@@ -290,6 +337,7 @@ def predict_h5ad(
                     embeddings.append(emb.astype(np.float32))
                 if bar is not None:
                     bar.update(bar.task_ids[0], advance=hi - lo)
+        check_empty_cells(empty, n, chosen=data.source, name=Path(query).name, origin=where)
         merged = {k: np.concatenate(v) for k, v in columns.items()}
         uns = {
             "run_dir": str(run_dir),

@@ -91,6 +91,7 @@ class StreamedData:
         self.n_cells = len(self.rows)
         first = self._read_rows(self.rows[: self.chunk])  # checks, matrix, kind, genes
         self.first = first
+        self._check_empty()
         self.source = first.source
         self.notes = [n for n in first.notes if not n.startswith("data.label_column is null")]
         if cfg.label_column is None:  # the note counts every cell, not the first chunk's
@@ -108,9 +109,40 @@ class StreamedData:
 
     # ---------------------------------------------------------------- reading
     def _read_rows(self, rows: np.ndarray) -> Any:
-        """``loaded_from_adata`` of these file rows (sorted), as if they were the whole file."""
+        """``loaded_from_adata`` of these file rows (sorted), as if they were the whole file,
+        except that cells without counts are judged once for the whole file
+        (:meth:`_check_empty`), not per chunk."""
         part = self.src[rows].to_memory()
-        return self._loaded_from_adata(part, self.cfg, name=self.path.name)
+        return self._loaded_from_adata(part, self.cfg, name=self.path.name, check_empty=False)
+
+    def _check_empty(self) -> None:
+        """Warn about, or refuse, the run's cells without counts, counted over every chunk (a
+        chunk's share would depend on data.chunk_size and on where such cells lie in the file).
+        Reads only the chosen matrix of each further chunk, not the whole chunk."""
+        from scipy import sparse
+
+        from sctune.core.data import check_empty_cells
+
+        empty = self.first.empty_cells
+        source = self.first.source
+        if self.first.expression.kind != "scaled":
+            for lo in range(self.chunk, self.n_cells, self.chunk):
+                view = self.src[self.rows[lo : lo + self.chunk]]
+                if source == "X":
+                    matrix = view.X
+                elif source == "raw":
+                    matrix = view.raw.X
+                else:  # "layer:<name>"
+                    matrix = view.layers[source.removeprefix("layer:")]
+                matrix = sparse.csr_matrix(matrix)
+                empty += int((abs(matrix).sum(axis=1).A1 == 0).sum())
+        check_empty_cells(
+            empty,
+            self.n_cells,
+            chosen=self.first.source,
+            name=self.path.name,
+            origin="data.path",
+        )
 
     def read(self, positions: np.ndarray) -> Any:
         """The LoadedData of these cells (positions among the run's cells, ascending), with
