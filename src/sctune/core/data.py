@@ -448,6 +448,7 @@ def _from_adata(
         gene_source = f"var['{cfg.gene_column}']"
     else:
         columns = quoted(map(str, var.columns)) or "(none)"
+        hint: str | None
         if where is None:
             listed, hint = f"{columns}; null uses var_names", None
         else:  # sctune predict: the run's genes are read from that column of the query
