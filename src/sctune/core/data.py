@@ -448,12 +448,12 @@ def _from_adata(
         gene_source = f"var['{cfg.gene_column}']"
     else:
         columns = quoted(map(str, var.columns)) or "(none)"
-        hint: str | None
+        column_hint = None
         if where is None:
-            listed, hint = f"{columns}; null uses var_names", None
+            listed = f"{columns}; null uses var_names"
         else:  # sctune predict: the run's genes are read from that column of the query
             listed = columns
-            hint = (
+            column_hint = (
                 f"the run read its genes from var['{cfg.gene_column}']; add that column to the "
                 f"query (e.g. adata.var['{cfg.gene_column}'] = adata.var_names when var_names "
                 "hold the same identifiers; adata.write_h5ad(...)) and rerun"
@@ -462,7 +462,7 @@ def _from_adata(
             f"{key('gene_column')}: column '{cfg.gene_column}' not found in adata.var of '{name}'"
             f"{did_you_mean(cfg.gene_column, var.columns)}\n"
             f"  available columns: {listed}",
-            hint=hint,
+            hint=column_hint,
         )
     library = None
     if "n_counts" in adata.obs.columns and detected == "counts":
