@@ -160,3 +160,45 @@ def test_a_test_split_of_one_class_gives_no_sklearn_warning() -> None:
         warnings.simplefilter("error")
         out = classification_metrics(np.array([1]), np.array([1]), ["a", "b", "c"])
     assert out["accuracy"] == 1.0 and out["n_test_classes"] == 1
+
+
+def test_labels_that_differ_by_spaces_or_case_are_warned_about(
+    tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    """'B ' and 'b' next to 'B' would each become a class of their own: said, with the pairs."""
+    from sctune.core.data import load_data
+
+    adata = ad.read_h5ad(tiny_h5ad)
+    labels = adata.obs["cell_type"].astype(str).to_numpy().copy()
+    first = labels[0]
+    labels[:2] = f"{first} "
+    labels[2:4] = first.lower() if first.lower() != first else first.upper()
+    adata.obs["cell_type"] = labels
+    adata.write_h5ad(tmp_path / "l.h5ad")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_data(DataConfig(path=str(tmp_path / "l.h5ad"), label_column="cell_type"))
+    said = [m for m in _messages(caught) if "differ only by spaces" in m]
+    assert len(said) == 1 and repr(f"{first} ") in said[0], said
+    assert f"{first} " in set(data.labels)  # warned, not rewritten
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_data(DataConfig(path=str(tiny_h5ad), label_column="cell_type"))
+    assert not [m for m in _messages(caught) if "differ only by spaces" in m]
+
+
+def test_no_validation_cells_is_said_and_the_training_loss_chooses_the_epoch(
+    tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    rec = testing.example_recipe(REGISTRY, "scgpt", "lora", tmp_path, tiny_h5ad, epochs=3)
+    rec["data"]["split"] = {"method": "stratified", "valid": 0.0, "test": 0.2}
+    rec["output"]["dir"] = str(tmp_path / "run")
+    rec["trainer"].update(num_threads=1, early_stopping={"monitor": "valid/loss", "patience": 5})
+    said: list[str] = []
+    res = api.run(rec, registry=REGISTRY, progress=False, log=said.append)
+    assert any("no validation cells" in m and "train/loss stands in" in m for m in said), said
+    import json
+
+    log = (res.run_dir / "train_log.jsonl").read_text().splitlines()
+    losses = [json.loads(line)["train/loss"] for line in log]
+    assert res.metrics["train"]["best_epoch"] == int(np.argmin(losses)) + 1

@@ -883,6 +883,30 @@ def _check_labels(labels: Any, column: str, name: str, cells: Any) -> None:
             f"only spaces) in '{name}' (e.g. cells {_examples(cells, blank)})",
             hint="drop unlabeled cells before training, or fill them with a label",
         )
+    _warn_near_duplicate_labels(labels.astype(str).unique(), column, name)
+
+
+def _warn_near_duplicate_labels(values: Any, column: str, name: str) -> None:
+    """Warn when labels differ only by surrounding spaces or letter case ('B cell' and
+    'B cell '): each would silently become a class of its own."""
+    import warnings
+
+    from sctune.core.errors import SctuneWarning
+
+    groups: dict[str, list[str]] = {}
+    for v in map(str, values):
+        groups.setdefault(" ".join(v.split()).casefold(), []).append(v)
+    clashes = [sorted(g) for g in groups.values() if len(g) > 1]
+    if clashes:
+        shown = "; ".join(" vs ".join(repr(v) for v in g) for g in clashes[:3])
+        more = f" (and {len(clashes) - 3} more)" if len(clashes) > 3 else ""
+        warnings.warn(
+            f"data.label_column: '{column}' in '{name}' has labels that differ only by spaces "
+            f"or letter case, which stay separate classes: {shown}{more}; clean them first, "
+            "e.g. adata.obs[col] = adata.obs[col].astype(str).str.strip()",
+            SctuneWarning,
+            3,
+        )
 
 
 def _first_column(var: Any, names: tuple[str, ...]) -> tuple[str, ...] | None:
