@@ -206,3 +206,13 @@ def test_pbmc3k_speed():
     elapsed = time.perf_counter() - t0
     assert len(cells) == 2638 and cells.gene_match.fraction > 0.85
     assert elapsed < 15, f"tokenising pbmc3k took {elapsed:.1f}s"
+
+
+def test_a_duplicated_gene_is_counted_once_and_not_reported_as_dropped() -> None:
+    from sctune.backbones.scgpt.tokenizer import match_genes
+
+    vocab = {"<pad>": 0, "<cls>": 1, "A": 2, "B": 3}
+    m = match_genes(["A", "B", "A", "ZZZ"], vocab)
+    assert m.n_matched == 2
+    assert m.dropped_examples == ("ZZZ",)
+    assert any("1 duplicate gene names" in n for n in m.notes)

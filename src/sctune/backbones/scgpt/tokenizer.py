@@ -54,7 +54,8 @@ def match_genes(
     cols, _ = _gene_columns(genes, vocab)
     hit = np.zeros(len(genes), dtype=bool)
     hit[cols] = True
-    dropped = tuple(str(genes[j]) for j in np.flatnonzero(~hit)[:5])
+    used = {str(genes[j]) for j in cols}  # a duplicate's later copies are not "dropped" genes
+    dropped = tuple([str(genes[j]) for j in np.flatnonzero(~hit) if str(genes[j]) not in used][:5])
     notes = []
     n_dup = sum(1 for g in genes if str(g) in vocab) - len(cols)
     if n_dup:
