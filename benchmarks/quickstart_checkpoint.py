@@ -4,21 +4,23 @@
    restricted to the quickstart's 765 genes (scanpy's pbmc68k_reduced; symbols in var_names,
    counts in X, the full library size in ``obs['n_counts']``) and pretrains
    ``scgpt/pretrain_small`` on both files pooled (6,512 PBMCs; none of them is a pbmc68k cell).
-   Its ``pretrained/pretraining_cells.json`` records which cells trained it.
+   Its ``pretrained/pretraining_cells.json`` records which cells trained it. This is how the
+   shipped ``builtin:pbmc_small`` (the quickstart's checkpoint) was made.
 2. Runs the quickstart recipe for each seed and method in three set-ups, on the SAME split per
    seed (the recipe's seed draws it):
-   - ``shipped``: the quickstart as shipped (random backbone, 2 layers, binned values, <cls>);
-   - ``random``: a random backbone of the checkpoint's architecture and value style (the
-     like-for-like control: same shape, log1p values, mean pooling);
-   - ``pretrained``: the checkpoint, loaded with the options its backbone.yaml lists.
+   - ``pretrained``: the checkpoint (default: the shipped ``builtin:pbmc_small``), loaded with
+     the options its backbone.yaml lists (the quickstart as shipped);
+   - ``random``: the same architecture and value style, randomly initialised
+     (``backbone.checkpoint=null``; the like-for-like control);
+   - ``previous``: the random-init quickstart of earlier releases (2 layers, d_hid 128, binned
+     values, the ``<cls>`` embedding), tuned for a random backbone.
 3. A logistic regression on the 765 log-normalised genes of the same split (the ceiling a
    linear model reaches on these labels).
 
 Prints a markdown table (macro F1 mean +- sd over the seeds) to paste into docs/results.md.
 
-    python benchmarks/quickstart_checkpoint.py --pretrain --out runs/qs_ckpt
-    python benchmarks/quickstart_checkpoint.py --checkpoint runs/qs_ckpt/pretrain/pretrained \\
-        --seeds 0,1,2 --methods zero_shot,head,gene_encoder_prompt
+    python benchmarks/quickstart_checkpoint.py --seeds 0,1,2,3,4      # the shipped checkpoint
+    python benchmarks/quickstart_checkpoint.py --pretrain --out runs/qs_ckpt   # rebuild it first
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def write_pool(out: Path) -> list[Path]:
         a.var_names = symbols[symbols.isin(genes)].to_numpy()
         a.var = a.var[[]]
         a.obs = a.obs[["cell_type", "n_counts"]]
-        path = out / name.replace(".h5ad", "_quickstart_genes.h5ad")
+        path = out / name  # the shared file's own name: the record then names the source
         a.write_h5ad(path)
         written.append(path)
     return written
@@ -83,16 +85,17 @@ def pretrain(out: Path, epochs: int, extra: list[str]) -> Path:
 
 
 def checkpoint_options(folder: Path) -> list[str]:
-    """The overrides that load ``folder`` (its backbone.yaml; paths relative to the folder),
-    plus the architecture keys the quickstart sets, taken from its args.json."""
-    exported = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
-    out = []
-    for key, value in exported.items():
-        if key == "name":
-            continue
-        if isinstance(value, str) and (folder / value).exists():
-            value = (folder / value).resolve()
-        out.append(f"backbone.{key}={value}")
+    """The overrides that load ``folder`` (its backbone.yaml, if any; paths relative to the
+    folder), plus the architecture keys the quickstart sets, taken from its args.json."""
+    out = [f"backbone.checkpoint={folder}"]
+    if (folder / "backbone.yaml").is_file():
+        exported = yaml.safe_load((folder / "backbone.yaml").read_text())["backbone"]
+        for key, value in exported.items():
+            if key in ("name", "checkpoint"):
+                continue
+            if isinstance(value, str) and (folder / value).exists():
+                value = (folder / value).resolve()
+            out.append(f"backbone.{key}={value}")
     args = json.loads((folder / "args.json").read_text())
     out += [f"backbone.{k}={args[k]}" for k in ("embsize", "nheads", "d_hid", "nlayers")]
     return out
@@ -100,7 +103,17 @@ def checkpoint_options(folder: Path) -> list[str]:
 
 def same_shape_random(folder: Path) -> list[str]:
     """A random backbone shaped and fed like the checkpoint (no weights)."""
-    return [o for o in checkpoint_options(folder) if not o.startswith("backbone.checkpoint=")]
+    keep = [o for o in checkpoint_options(folder) if not o.startswith("backbone.checkpoint=")]
+    return ["backbone.checkpoint=null", *keep]
+
+
+PREVIOUS = [  # the random-init quickstart before builtin:pbmc_small shipped
+    "backbone.checkpoint=null",
+    "backbone.nlayers=2",
+    "backbone.d_hid=128",
+    "backbone.value_style=binned",
+    "backbone.pooling=cls",
+]
 
 
 def hvg_logreg(run_dir: Path) -> float:
@@ -124,23 +137,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=Path("runs/quickstart_checkpoint"))
     ap.add_argument("--pretrain", action="store_true", help="step 1 first")
-    ap.add_argument("--checkpoint", type=Path, help="a pretrained/ folder: skip step 1")
+    ap.add_argument(
+        "--checkpoint",
+        default="builtin:pbmc_small",
+        help="a pretrained/ folder, or a shipped builtin:<name> (default: the quickstart's)",
+    )
     ap.add_argument("--epochs", type=int, default=12, help="pretraining epochs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default="zero_shot,head,gene_encoder_prompt")
-    ap.add_argument("--setups", default="shipped,random,pretrained")
+    ap.add_argument("--setups", default="pretrained,random,previous")
     ap.add_argument("--pretrain-set", action="append", default=[], help="pretraining override")
     ap.add_argument("--set", action="append", default=[], help="override for every quickstart run")
     args = ap.parse_args()
+    from sctune.backbones.scgpt.checkpoints import resolve
+
     if args.pretrain:
         args.checkpoint = pretrain(args.out, args.epochs, args.pretrain_set)
-    if args.checkpoint is None:
-        ap.error("give --pretrain or --checkpoint")
-    folder = args.checkpoint.resolve()
+    folder = Path(str(resolve(args.checkpoint))).resolve()
     setups = {
-        "shipped": [],
-        "random": same_shape_random(folder),
         "pretrained": checkpoint_options(folder),
+        "random": same_shape_random(folder),
+        "previous": PREVIOUS,
     }
     chosen = args.setups.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]

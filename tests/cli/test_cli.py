@@ -205,6 +205,7 @@ def test_validate_reports_gene_match_from_the_symbol_column(cli, shared_data) ->
         "validate",
         "quickstart",
         f"data.path={shared_data / 'zheng_sorted_pbmc_facs.h5ad'}",
+        "backbone.checkpoint=null",
         f"backbone.vocab={vocab}",
     )
     assert result.code == 0, result

@@ -28,6 +28,7 @@ from sctune.core import rundir
 OVERRIDES = [
     "data.max_cells=160",
     "task.min_class_cells=1",
+    "backbone.checkpoint=null",  # a random 2-layer backbone: cheaper; resuming is the same
     "backbone.dropout=0.1",
     "backbone.nlayers=2",
     "task.sampler=weighted",

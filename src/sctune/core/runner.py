@@ -416,6 +416,11 @@ def _build_model(
             A.load_into(module, A.load_tensors(drawn), what=f"'{drawn}'")
         else:
             A.save_tensors(drawn, module.state_dict())
+    else:  # say which weights were loaded (the counterpart of "RANDOMLY INITIALISED")
+        report = getattr(module, "load_report", None)
+        describe = getattr(report, "summary", None)
+        if callable(describe):
+            log(f"backbone: '{inp.backbone.name}' pretrained weights: {describe()}")
     asm = assemble(
         inp.backbone,
         inp.bcfg,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from sctune.core.config import PluginConfig
 
@@ -19,7 +19,9 @@ class ScGPTConfig(PluginConfig):
         default=None,
         description=(
             "scGPT checkpoint folder with 'args.json', 'vocab.json' and 'best_model.pt' "
-            "(e.g. scGPT_human); unset = random initialisation"
+            "(e.g. scGPT_human); 'builtin:pbmc_small' = sctune's own small checkpoint "
+            "self-pretrained on 6,512 PBMCs over the quickstart's 765 genes (shipped in the "
+            "package); unset = random initialisation"
         ),
     )
     vocab: Path | None = Field(
@@ -93,6 +95,21 @@ class ScGPTConfig(PluginConfig):
         le=1.0,
         description="refuse data where fewer than this fraction of genes is in the vocabulary",
     )
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _builtin(cls, value: object) -> object:
+        from sctune.backbones.scgpt.checkpoints import resolve
+
+        return resolve(value)
+
+    @field_serializer("checkpoint")
+    def _builtin_name(self, value: Path | None) -> str | None:
+        """A shipped checkpoint is written back as its name (recipe.resolved.yaml then loads
+        it from whichever installation reads the run)."""
+        from sctune.backbones.scgpt.checkpoints import name_of
+
+        return None if value is None else name_of(value) or str(value)
 
     @model_validator(mode="after")
     def _check(self) -> ScGPTConfig:
