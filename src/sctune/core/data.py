@@ -393,12 +393,15 @@ def _from_adata(
         if where is None:
             hint = "set data.source to one of the available matrices (auto prefers counts)"
         else:  # sctune predict: the query must offer the matrix the run was trained on
-            target = {"X": "adata.X", "raw": "adata.raw"}.get(
-                cfg.source, f"adata.layers['{cfg.source.removeprefix('layer:')}']"
+            target = {
+                "X": "adata.X = <the matrix>",
+                "raw": "adata.raw = ad.AnnData(X=<the matrix>, var=adata.var)",
+            }.get(
+                cfg.source, f"adata.layers['{cfg.source.removeprefix('layer:')}'] = <the matrix>"
             )
             hint = (
                 f"the run read its cells from {cfg.source}; put the query's matrix of the same "
-                f"kind there (e.g. {target} = <the matrix>; adata.write_h5ad(...)) and rerun"
+                f"kind there (e.g. {target}; adata.write_h5ad(...)) and rerun"
             )
         raise DataError(
             f"{key('source')}: '{cfg.source}' is not in '{name}'{empty_x}"
@@ -629,6 +632,8 @@ def _load_files(
         cell_ids = [cell_ids[i] for i in idx]
     if cfg.label_column is None:
         notes.append(_no_labels_note(len(labels)))
+    elif require_labels:  # across files too: 'B cell' in one, 'B Cell ' in another
+        _warn_near_duplicate_labels(np.unique(labels), cfg.label_column, f"{len(files)} files")
     symbols, ids = alternates
     expr = Expression(
         X=X,
@@ -903,7 +908,8 @@ def _warn_near_duplicate_labels(values: Any, column: str, name: str) -> None:
         warnings.warn(
             f"data.label_column: '{column}' in '{name}' has labels that differ only by spaces "
             f"or letter case, which stay separate classes: {shown}{more}; clean them first, "
-            "e.g. adata.obs[col] = adata.obs[col].astype(str).str.strip()",
+            "e.g. adata.obs[col] = adata.obs[col].astype(str).str.split().str.join(' ') and one "
+            "spelling per class",
             SctuneWarning,
             3,
         )

@@ -236,7 +236,12 @@ def predict_h5ad(
     """
     from types import SimpleNamespace
 
-    from sctune.core.data import check_empty_cells, loaded_from_adata, read_adata
+    from sctune.core.data import (
+        MAX_EMPTY_CELLS,
+        check_empty_cells,
+        loaded_from_adata,
+        read_adata,
+    )
     from sctune.core.recipe import DataConfig, output_dir_problem
     from sctune.core.trainer import embed_and_score, make_accelerator, model_input_arrays
 
@@ -312,6 +317,10 @@ def predict_h5ad(
                     check_empty=False,  # judged once over the whole query, below
                 )
                 empty += data.empty_cells
+                if empty > MAX_EMPTY_CELLS * n:  # refused whatever the rest holds: stop now
+                    check_empty_cells(
+                        empty, n, chosen=data.source, name=Path(query).name, origin=where
+                    )
                 data = replace(data, expression=in_run_namespace(data.expression, listed))
                 if lo == 0:
                     query_gene_coverage(

@@ -94,11 +94,14 @@ def prepare_inputs(
             hint="raise data.split.test (e.g. 0.2), or give a split column/file with test cells",
         )
     say("split: " + ", ".join(f"{part} {len(idx)}" for part, idx in split.items()) + " cells")
-    if len(split["valid"]) == 0 and rec.trainer.early_stopping is not None:
+    es = rec.trainer.early_stopping
+    monitor = es.monitor if es is not None else "valid/loss"
+    if len(split["valid"]) == 0 and not monitor.startswith("train/"):
+        stops = "for stopping and " if es is not None else ""
         say(
-            "  note: no validation cells, so trainer.early_stopping cannot monitor "
-            f"{rec.trainer.early_stopping.monitor}: train/loss stands in, for stopping and for "
-            "the epoch whose weights are kept (raise data.split.valid to choose on held-out cells)"
+            f"  note: no validation cells, so {monitor} cannot be measured: train/loss stands in, "
+            f"{stops}for the epoch whose weights are kept (raise data.split.valid to choose on "
+            "held-out cells)"
         )
     pre = task.preflight(data.labels, split, rec.task.config, obs=data.obs)
     for line in pre.info:

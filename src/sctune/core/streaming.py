@@ -91,7 +91,6 @@ class StreamedData:
         self.n_cells = len(self.rows)
         first = self._read_rows(self.rows[: self.chunk])  # checks, matrix, kind, genes
         self.first = first
-        self._check_empty()
         self.source = first.source
         self.notes = [n for n in first.notes if not n.startswith("data.label_column is null")]
         if cfg.label_column is None:  # the note counts every cell, not the first chunk's
@@ -102,6 +101,7 @@ class StreamedData:
         self.obs = self.src.obs.iloc[self.rows].copy()
         label_column = cfg.label_column
         self.labels = _labels_of(self.obs, label_column, self.path.name, require_labels=True)
+        self._check_empty()
         self.cell_ids = tuple(map(str, self.obs.index))
         self.notes.append(
             f"data.stream: X stays in '{self.path.name}', read {self.chunk:,} cells at a time"
@@ -118,24 +118,38 @@ class StreamedData:
     def _check_empty(self) -> None:
         """Warn about, or refuse, the run's cells without counts, counted over every chunk (a
         chunk's share would depend on data.chunk_size and on where such cells lie in the file).
-        Reads only the chosen matrix of each further chunk, not the whole chunk."""
+        A CSR matrix on disk is judged from its row pointers alone (rows without stored values;
+        explicit zeros are not counted); any other layout by reading the chosen matrix only."""
         from scipy import sparse
 
         from sctune.core.data import check_empty_cells
 
         empty = self.first.empty_cells
+        rest = self.rows[self.chunk :]
         source = self.first.source
-        if self.first.expression.kind != "scaled":
-            for lo in range(self.chunk, self.n_cells, self.chunk):
-                view = self.src[self.rows[lo : lo + self.chunk]]
-                if source == "X":
-                    matrix = view.X
-                elif source == "raw":
-                    matrix = view.raw.X
-                else:  # "layer:<name>"
-                    matrix = view.layers[source.removeprefix("layer:")]
-                matrix = sparse.csr_matrix(matrix)
-                empty += int((abs(matrix).sum(axis=1).A1 == 0).sum())
+        if self.first.expression.kind != "scaled" and len(rest):
+            matrix: Any
+            if source == "X":
+                matrix = self.src.X
+            elif source == "raw":
+                matrix = self.src.raw.X
+            else:  # "layer:<name>"
+                matrix = self.src.layers[source.removeprefix("layer:")]
+            group = getattr(matrix, "group", None)
+            if getattr(matrix, "format", None) == "csr" and group is not None:
+                stored = np.diff(np.asarray(group["indptr"][...]))
+                empty += int((stored[rest] == 0).sum())
+            else:
+                for lo in range(0, len(rest), self.chunk):
+                    view = self.src[rest[lo : lo + self.chunk]]
+                    if source == "X":
+                        part = view.X
+                    elif source == "raw":
+                        part = view.raw.X
+                    else:
+                        part = view.layers[source.removeprefix("layer:")]
+                    part = sparse.csr_matrix(part)
+                    empty += int((abs(part).sum(axis=1).A1 == 0).sum())
         check_empty_cells(
             empty,
             self.n_cells,

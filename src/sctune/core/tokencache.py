@@ -25,7 +25,7 @@ import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -86,6 +86,17 @@ def _option_value(value: Any) -> Any:
     return value
 
 
+def _options(config: Any) -> Any:
+    """The backbone options for a cache key: as dumped, except that every path option is the
+    path the plugin resolved (a packaged file or folder named in the recipe, e.g.
+    ``builtin:<name>``, is hashed by content like any other path)."""
+    dumped = config.model_dump(mode="json")
+    for key, value in dict(config).items():
+        if isinstance(value, PurePath):
+            dumped[key] = str(value)
+    return _option_value(dumped)
+
+
 def _plugin_source(backbone: Any) -> str:
     """sha256 of the ``.py`` files of the backbone plugin's package."""
     h = hashlib.sha256()
@@ -106,7 +117,7 @@ def cache_key(backbone: Any, config: Any, expr: Any, *, seed: int) -> str:
     head = {
         "format": FORMAT,
         "backbone": backbone.name,
-        "options": _option_value(config.model_dump(mode="json")),
+        "options": _options(config),
         "plugin_source": _plugin_source(backbone),
         "seed": seed,
         "kind": expr.kind,
@@ -292,7 +303,7 @@ def stream_key(backbone: Any, config: Any, data: Any, *, seed: int) -> str:
         if data.keep is None
         else hashlib.sha256("\n".join(data.keep).encode()).hexdigest(),
         "backbone": backbone.name,
-        "options": _option_value(config.model_dump(mode="json")),
+        "options": _options(config),
         "plugin_source": _plugin_source(backbone),
         "seed": seed,
     }

@@ -175,7 +175,7 @@ class GeneformerBackbone(Backbone):
             if config.version != "v1" and "<cls>" in tokens and "<eos>" in tokens:
                 special_ids = (tokens["<cls>"], tokens["<eos>"])
         module = GeneformerEncoder(bert_cfg, pooling=config.pooling, special_ids=special_ids)
-        report: dict[str, Any] = {"deviations": deviations, "source": "random init"}
+        report = weights.LoadReport(deviations=deviations, source="random init")
         if load_weights and config.checkpoint:
             path = weights.weight_file(config.checkpoint)
             report.update(weights.load_into(module, weights.read_state_dict(path), str(path)))

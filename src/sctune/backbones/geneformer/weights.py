@@ -137,6 +137,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+class LoadReport(dict):
+    """What a build loaded (a dict, as before), with the one-line ``summary()`` a run logs."""
+
+    def summary(self) -> str:
+        if not self.get("loaded"):
+            return str(self.get("source", "random init"))
+        ignored = self.get("ignored") or ()
+        extra = f"; ignored {len(ignored)} known-unused keys" if ignored else ""
+        return f"loaded {self['loaded']} tensors from '{self['source']}'{extra}"
+
+
 def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> dict:
     """Load ``bert.*`` tensors into ``module.bert`` with strict accounting.
 

@@ -13,7 +13,7 @@ from pathlib import Path
 PREFIX = "builtin:"
 HERE = Path(__file__).resolve().parent
 BUILTIN: dict[str, str] = {
-    # 1 M parameters (128 dims x 4 layers), log1p values, mean pooling; pretrained on 6,512 PBMCs
+    # 0.65 M encoder parameters (128 dims x 4 layers), log1p values, mean pooling; 6,512 PBMCs
     # (pbmc3k + Zheng sorted) over the 765 genes of scanpy's pbmc68k_reduced (the quickstart's).
     "pbmc_small": "pbmc_small",
 }
@@ -38,7 +38,7 @@ def name_of(path: object) -> str | None:
     """``builtin:<name>`` when ``path`` is a shipped checkpoint's folder, else ``None``."""
     try:
         folder = Path(str(path)).resolve()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop
         return None
     for name, sub in BUILTIN.items():
         if folder == HERE / sub:
