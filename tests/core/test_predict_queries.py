@@ -204,3 +204,24 @@ def test_no_validation_cells_is_said_and_the_training_loss_chooses_the_epoch(
     log = (res.run_dir / "train_log.jsonl").read_text().splitlines()
     losses = [json.loads(line)["train/loss"] for line in log]
     assert res.metrics["train"]["best_epoch"] == int(np.argmin(losses)) + 1
+
+
+def test_label_clashes_across_pooled_files_are_warned_about(
+    tiny_h5ad: Path, tmp_path: Path
+) -> None:
+    from sctune.core.data import load_data
+
+    a = ad.read_h5ad(tiny_h5ad)
+    b = a.copy()
+    b.obs_names = [f"b{i}" for i in range(b.n_obs)]
+    b.obs["cell_type"] = [f" {v.upper()} " for v in b.obs["cell_type"].astype(str)]
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b.write_h5ad(tmp_path / "b.h5ad")
+    cfg = DataConfig(
+        path=[str(tmp_path / "a.h5ad"), str(tmp_path / "b.h5ad")], label_column="cell_type"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_data(cfg)
+    said = [m for m in _messages(caught) if "differ only by spaces" in m]
+    assert said and "2 files" in said[-1], said
