@@ -111,3 +111,17 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_run(tiny_h5ad: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished 1-epoch scGPT + LoRA run on the tiny data, shared by tests that only read it
+    (``sctune predict`` and friends write their outputs elsewhere)."""
+    from sctune import api, testing
+
+    registry = api.get_registry()
+    tmp = tmp_path_factory.mktemp("tiny-lora-run")
+    rec = testing.example_recipe(registry, "scgpt", "lora", tmp, tiny_h5ad, epochs=1)
+    rec["output"]["dir"] = str(tmp / "run")
+    rec["trainer"]["num_threads"] = 1
+    return api.run(rec, registry=registry, progress=False, log=lambda m: None).run_dir

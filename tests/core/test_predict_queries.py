@@ -20,12 +20,8 @@ REGISTRY = api.get_registry()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_h5ad: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("queries")
-    rec = testing.example_recipe(REGISTRY, "scgpt", "lora", tmp, tiny_h5ad, epochs=1)
-    rec["output"]["dir"] = str(tmp / "run")
-    rec["trainer"]["num_threads"] = 1
-    return api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None).run_dir
+def run_dir(tiny_lora_run: Path) -> Path:
+    return tiny_lora_run
 
 
 def _emptied(tiny_h5ad: Path, path: Path, n_empty: int) -> Path:

@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from sctune import api, testing
+from sctune import api
 from sctune.core.data import loaded_from_adata
 from sctune.core.predictor import rebuild
 from sctune.core.recipe import DataConfig
@@ -18,11 +18,8 @@ REGISTRY = api.get_registry()
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_h5ad: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("stream")
-    rec = testing.example_recipe(REGISTRY, "scgpt", "lora", tmp, tiny_h5ad, epochs=1)
-    rec["output"]["dir"] = str(tmp / "run")
-    return api.run(rec, registry=REGISTRY, progress=False, log=lambda m: None).run_dir
+def run_dir(tiny_lora_run: Path) -> Path:
+    return tiny_lora_run
 
 
 def _in_memory(run_dir: Path, adata: ad.AnnData) -> tuple[np.ndarray, np.ndarray]:

@@ -287,10 +287,8 @@ def predict_h5ad(
     # targets, computed from obs alone: the query's genes need not include the run's
     needs_inputs = bool(type(task).model_input_fields(task_cfg))
     # data.hvg: the run kept its genes.txt only; new cells keep the same ones
-    run_genes = None
-    if dcfg.get("hvg") is not None and (run_dir / A.GENES).is_file():
-        run_genes = [g for g in (run_dir / A.GENES).read_text(encoding="utf-8").splitlines() if g]
     listed = run_gene_list(run_dir)
+    run_genes = listed if dcfg.get("hvg") is not None else None
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
     is_file = getattr(src, "isbacked", False)
