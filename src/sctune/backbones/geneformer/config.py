@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from sctune.backbones.geneformer.dictionaries import check_builtin, is_builtin
 from sctune.core.config import PathField, PluginConfig
@@ -35,7 +43,8 @@ class GeneformerConfig(PluginConfig):
     checkpoint: str | None = PathField(
         None,
         description="model folder with config.json and model.safetensors or pytorch_model.bin "
-        "(a Geneformer BertForMaskedLM); omit for a randomly initialised model",
+        "(a Geneformer BertForMaskedLM); 'builtin:pbmc_small' = sctune's own small checkpoint "
+        "(fills in its dictionaries where unset); omit for a randomly initialised model",
     )
     model_config_path: str | None = PathField(
         None,
@@ -111,6 +120,33 @@ class GeneformerConfig(PluginConfig):
         "values; an approximation of Geneformer's counts input",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shipped(cls, data: object) -> object:
+        """``checkpoint: builtin:<name>``: the packaged folder, and the options of its
+        backbone.yaml (its dictionaries, pooling) that the recipe leaves unset."""
+        from sctune.backbones.geneformer.checkpoints import SHIPPED
+
+        return SHIPPED.expand(data)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _unknown_shipped(cls, value: object) -> object:
+        from sctune.backbones.geneformer.checkpoints import SHIPPED
+
+        resolved = SHIPPED.resolve(value)  # an unknown name: ValueError naming the shipped
+        return str(resolved) if isinstance(resolved, Path) else resolved
+
+    @field_serializer(
+        "checkpoint", "token_dictionary", "gene_median_dictionary", "gene_name_id_dict"
+    )
+    def _shipped_name(self, value: str | None) -> object:
+        """A shipped checkpoint's files are written back by name (recipe.resolved.yaml then
+        loads them from whichever installation reads the run)."""
+        from sctune.backbones.geneformer.checkpoints import SHIPPED
+
+        return SHIPPED.serialize(value)
+
     @field_validator(
         "token_dictionary", "gene_median_dictionary", "gene_name_id_dict", "ensembl_mapping_dict"
     )
@@ -123,6 +159,8 @@ class GeneformerConfig(PluginConfig):
     @model_validator(mode="after")
     def _one_source(self) -> GeneformerConfig:
         inline = [k for k in _INLINE if getattr(self, k) is not None]
+        if self.checkpoint and inline:
+            inline = _differing_from_checkpoint(self, inline)
         if self.checkpoint and (self.model_config_path or inline):
             given = ["model_config"] if self.model_config_path else []
             raise ValueError(
@@ -140,3 +178,25 @@ class GeneformerConfig(PluginConfig):
     def random_init(self) -> bool:
         """True when no pretrained checkpoint is given."""
         return self.checkpoint is None
+
+
+_CONFIG_KEYS = {
+    "hidden_size": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "max_position_embeddings": "max_position_embeddings",
+}
+
+
+def _differing_from_checkpoint(config: GeneformerConfig, inline: list[str]) -> list[str]:
+    """The inline sizes that differ from the checkpoint's config.json (all of them when it cannot
+    be read): a recipe may repeat the checkpoint's sizes, so one recipe serves the checkpoint and
+    the same model randomly initialised (``backbone.checkpoint=null``)."""
+    import json
+
+    try:
+        shape = json.loads((Path(str(config.checkpoint)).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return inline
+    return [k for k in inline if shape.get(_CONFIG_KEYS[k]) != getattr(config, k)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from sctune.core.config import PluginConfig
 
@@ -21,7 +21,8 @@ class ScBERTConfig(PluginConfig):
     checkpoint: Path | None = Field(
         None,
         description="scBERT .pth file (dict with 'model_state_dict', e.g. panglao_pretrained.pth);"
-        " null: random initialisation",
+        " 'builtin:pbmc_small' = sctune's own small checkpoint (fills in its gene order, gene2vec"
+        " and sizes where unset); null: random initialisation",
     )
     gene2vec: Path | None = Field(
         None,
@@ -72,3 +73,27 @@ class ScBERTConfig(PluginConfig):
     init_seed: int = Field(
         0, description="seed of the random weights written by resolve when there is no checkpoint"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin(cls, data: object) -> object:
+        """``checkpoint: builtin:<name>``: the packaged .pth, and the options of its
+        backbone.yaml (gene order, gene2vec, sizes, pooling) that the recipe leaves unset."""
+        from sctune.backbones.scbert.checkpoints import SHIPPED
+
+        return SHIPPED.expand(data)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _unknown_builtin(cls, value: object) -> object:
+        from sctune.backbones.scbert.checkpoints import SHIPPED
+
+        return SHIPPED.resolve(value)  # an unknown builtin name: ValueError naming the shipped
+
+    @field_serializer("checkpoint", "gene_order", "gene2vec")
+    def _builtin_name(self, value: Path | None) -> object:
+        """A shipped checkpoint's files are written back by name (recipe.resolved.yaml then
+        loads them from whichever installation reads the run)."""
+        from sctune.backbones.scbert.checkpoints import SHIPPED
+
+        return SHIPPED.serialize(value)

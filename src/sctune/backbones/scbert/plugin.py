@@ -107,6 +107,7 @@ class ScBERTBackbone(Backbone):
                 return ScBERTModel(n_genes, **kwargs)
         model = ScBERTModel(n_genes, **kwargs)
         notes: list[str] = []
+        model.load_report = None
         if cfg.checkpoint is not None:
             state, ignored = read_checkpoint(cfg.checkpoint)
             table = state.get("pos_emb.emb.weight")
@@ -119,9 +120,11 @@ class ScBERTBackbone(Backbone):
                     hint="give the gene order the checkpoint was trained with "
                     "(scBERT: the 16,906 var_names of 'panglao_10000.h5ad')",
                 )
-            notes += load_state(model, state, source=str(cfg.checkpoint)).notes
+            report = load_state(model, state, source=str(cfg.checkpoint))
             if ignored:
-                notes.append("ignored checkpoint entries: " + ", ".join(ignored))
+                report.notes.append("ignored checkpoint entries: " + ", ".join(ignored))
+            notes += report.notes
+            model.load_report = report
         if cfg.gene2vec is not None:
             set_gene2vec(model, read_gene2vec(cfg.gene2vec, n_genes=n_genes, dim=cfg.dim))
         model.load_notes = tuple(notes)

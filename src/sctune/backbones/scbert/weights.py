@@ -33,6 +33,12 @@ class LoadReport:
 
     loaded: int = 0
     notes: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def summary(self) -> str:
+        """One line for the run log: how many tensors came from which file, and the notes."""
+        text = f"loaded {self.loaded} tensors from '{self.source}'"
+        return "; ".join([text, *self.notes])
 
 
 def read_gene_order(path: str | Path) -> list[str]:
@@ -146,7 +152,7 @@ def _listing(title: str, items: list[str]) -> str:
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> LoadReport:
     """Copy ``state`` into ``model`` (all keys except ``stem.*``); fail on any surprise."""
     expected = {k: v for k, v in model.state_dict().items() if is_scbert_key(k)}
-    report = LoadReport()
+    report = LoadReport(source=source)
     classifier = sorted(k for k in state if _CLASSIFIER.match(k))
     if classifier:
         report.notes.append(

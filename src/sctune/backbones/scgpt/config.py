@@ -96,20 +96,29 @@ class ScGPTConfig(PluginConfig):
         description="refuse data where fewer than this fraction of genes is in the vocabulary",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin(cls, data: object) -> object:
+        """``checkpoint: builtin:<name>``: the packaged folder, and the options of its
+        backbone.yaml that the recipe leaves unset."""
+        from sctune.backbones.scgpt.checkpoints import SHIPPED
+
+        return SHIPPED.expand(data)
+
     @field_validator("checkpoint", mode="before")
     @classmethod
-    def _builtin(cls, value: object) -> object:
-        from sctune.backbones.scgpt.checkpoints import resolve
+    def _unknown_builtin(cls, value: object) -> object:
+        from sctune.backbones.scgpt.checkpoints import SHIPPED
 
-        return resolve(value)
+        return SHIPPED.resolve(value)  # an unknown builtin name: ValueError naming the shipped
 
     @field_serializer("checkpoint")
-    def _builtin_name(self, value: Path | None) -> str | None:
+    def _builtin_name(self, value: Path | None) -> object:
         """A shipped checkpoint is written back as its name (recipe.resolved.yaml then loads
         it from whichever installation reads the run)."""
-        from sctune.backbones.scgpt.checkpoints import name_of
+        from sctune.backbones.scgpt.checkpoints import SHIPPED
 
-        return None if value is None else name_of(value) or str(value)
+        return SHIPPED.serialize(value)
 
     @model_validator(mode="after")
     def _check(self) -> ScGPTConfig:

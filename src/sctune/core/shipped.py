@@ -1,0 +1,178 @@
+"""Checkpoints shipped inside a backbone plugin's package, named ``builtin:<name>``.
+
+The built-in backbones use it, and a third-party backbone can ship its own the same way. A
+backbone plugin keeps each shipped checkpoint in a folder of its own package, in the backbone's
+real checkpoint format, with a ``backbone.yaml`` (the backbone options that load it, paths relative
+to the folder), a ``pretraining_cells.json`` (which cells trained it) and a NOTICE (how it was
+made, from which data, under which licence). :class:`Shipped` gives the plugin's config the three
+things it needs:
+
+- :meth:`Shipped.expand` (a ``mode="before"`` model validator): ``checkpoint: builtin:<name>``
+  becomes the packaged checkpoint, and the options of its ``backbone.yaml`` that the checkpoint
+  decides (its sizes, its gene order, its dictionaries) are filled in where the recipe leaves them
+  unset or null; a recipe value that contradicts one is refused. Other options in
+  ``backbone.yaml`` (the pooling it was pretrained with) are documentation: filling in an option
+  whose recipe value could equal the field's default would make a saved run ambiguous. A file of
+  the folder can also be named directly as ``builtin:<name>/<file>``.
+- :meth:`Shipped.serialize` (a field serializer): a packaged path is written back by name, so a run
+  folder's ``recipe.resolved.yaml`` loads from whichever installation reads it.
+- :meth:`Shipped.name_of`: the ``builtin:`` name of a packaged path, or ``None``.
+
+Core names no checkpoint: the names resolve inside each plugin's config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX = "builtin:"
+
+
+class Shipped:
+    """The shipped checkpoints of one backbone.
+
+    ``root`` is the folder holding one sub-folder per checkpoint; ``names`` maps each
+    ``builtin:`` name to its sub-folder; ``target`` is the ``checkpoint`` option's form: ``None``
+    when the option is the folder itself (scGPT, Geneformer), else the option in ``backbone.yaml``
+    names the file (scBERT's ``.pth``); ``fmt`` says, for error messages, what a checkpoint of
+    this backbone otherwise is; ``fixed`` are the options the checkpoint decides (its sizes, its
+    gene order): a recipe may leave them unset or null, or repeat the checkpoint's value, and any
+    other value is refused, since the weights would not fit. ``path_keys`` are its files: filled in
+    where unset or null, a recipe may give its own. ``backbone.yaml``'s other options are not
+    filled in.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        names: Mapping[str, str],
+        *,
+        path_keys: Iterable[str],
+        fmt: str,
+        fixed: Iterable[str] = (),
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.names = dict(names)
+        self.path_keys = tuple(path_keys)
+        self.fmt = fmt
+        self.fixed = tuple(fixed)
+
+    # -- names -> folders -------------------------------------------------------------------
+    def folder(self, name: str) -> Path:
+        """The folder of ``name`` (without the prefix); ``ValueError`` naming the shipped ones."""
+        if name not in self.names:
+            known = ", ".join(f"'{PREFIX}{n}'" for n in self.names) or "none"
+            raise ValueError(
+                f"'{PREFIX}{name}' is not a checkpoint shipped with sctune for this backbone "
+                f"(shipped: {known}); otherwise give the path of {self.fmt}"
+            )
+        return self.root / self.names[name]
+
+    def options(self, name: str) -> dict[str, Any]:
+        """The options of ``name``'s ``backbone.yaml`` (without ``name``), paths absolute."""
+        import yaml
+
+        folder = self.folder(name)
+        raw = yaml.safe_load((folder / "backbone.yaml").read_text()) or {}
+        opts: dict[str, Any] = dict(raw.get("backbone") or raw)
+        opts.pop("name", None)
+        out: dict[str, Any] = {}
+        for key, value in opts.items():
+            if key == "checkpoint":
+                value = folder / value if isinstance(value, str) and not _named(value) else folder
+            elif key in self.path_keys and isinstance(value, str) and not _named(value):
+                value = folder / value
+            out[key] = value
+        out.setdefault("checkpoint", folder)
+        return out
+
+    def resolve(self, value: object) -> object:
+        """``builtin:<name>`` -> the checkpoint option's packaged path; ``builtin:<name>/<file>``
+        -> that file; anything else unchanged."""
+        if not _named(value):
+            return value
+        name, _, rest = str(value)[len(PREFIX) :].partition("/")
+        if not rest:
+            return self.options(name)["checkpoint"]
+        path = self.folder(name) / rest
+        if not path.exists():
+            raise ValueError(f"'{value}': no file '{rest}' in the shipped checkpoint '{name}'")
+        return path
+
+    def is_ours(self, value: object) -> bool:
+        """True for ``builtin:<name>`` and ``builtin:<name>/<file>`` of this backbone."""
+        return _named(value) and str(value)[len(PREFIX) :].partition("/")[0] in self.names
+
+    # -- recipe validation and serialization ------------------------------------------------
+    def expand(self, data: object) -> object:
+        """The recipe section with a shipped checkpoint's options filled in where unset, and every
+        ``builtin:<name>[/<file>]`` path of this backbone resolved."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        value = out.get("checkpoint")
+        if self.is_ours(value) and "/" not in str(value):
+            name = str(value)[len(PREFIX) :]
+            for key, implied in self.options(name).items():
+                if key != "checkpoint" and key not in self.fixed + self.path_keys:
+                    continue  # a suggestion (pooling): documented, the recipe's to choose
+                given = out.get(key)
+                if key == "checkpoint" or given is None:
+                    out[key] = implied
+                elif key in self.fixed and not _same(given, implied, self):
+                    shown = self.name_of(implied) or implied
+                    raise ValueError(
+                        f"'{key}' is {given!r} here, but the shipped checkpoint "
+                        f"'{PREFIX}{name}' has {key} {shown!r} (the checkpoint decides it): remove "
+                        f"'{key}' or set it to null (filled in from the checkpoint) or to {shown!r}"
+                    )
+        for key in self.path_keys:
+            if self.is_ours(out.get(key)):
+                out[key] = self.resolve(out[key])
+            if isinstance(out.get(key), Path):
+                out[key] = str(out[key])  # str and Path options alike accept it
+        return out
+
+    def name_of(self, path: object) -> str | None:
+        """``builtin:<name>`` for the checkpoint option of a shipped folder,
+        ``builtin:<name>/<file>`` for another file in it, else ``None``."""
+        if path is None or _named(path):
+            return None
+        try:
+            target = Path(str(path)).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError):  # RuntimeError: a symlink loop
+            return None
+        for name, sub in self.names.items():
+            folder = self.root / sub
+            if target == Path(self.options(name)["checkpoint"]).resolve():
+                return f"{PREFIX}{name}"
+            if target.is_relative_to(folder) and target != folder:
+                return f"{PREFIX}{name}/{target.relative_to(folder).as_posix()}"
+        return None
+
+    def serialize(self, value: object) -> object:
+        """A packaged path by name; other values as pydantic would write them."""
+        if value is None:
+            return None
+        named = self.name_of(value)
+        if named is not None:
+            return named
+        return str(value) if isinstance(value, Path) else value
+
+
+def _same(given: object, implied: object, shipped: Shipped) -> bool:
+    """``given`` (a recipe value) names the same thing as ``implied`` (a resolved option)."""
+    if isinstance(implied, Path):
+        if shipped.is_ours(given):
+            given = shipped.resolve(given)
+        try:
+            return Path(str(given)).expanduser().resolve() == implied.resolve()
+        except (OSError, ValueError, RuntimeError):
+            return False
+    return bool(given == implied)
+
+
+def _named(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX)
