@@ -194,3 +194,65 @@ def test_the_geneformer_checkpoint_brings_its_dictionaries_and_takes_its_own_siz
         )  # ... not change them
     with pytest.raises(ValueError, match="'token_dictionary' is 'builtin:v1'"):
         _config("geneformer", checkpoint="builtin:pbmc_small", token_dictionary="builtin:v1")
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_spelling_of_a_shipped_checkpoint_is_the_checkpoint(backbone: str) -> None:
+    """A trailing slash, the packaged path, the checkpoint file itself: the same options as the
+    name (filled in, checked, written back by name), never a half-expanded config."""
+    shipped = _shipped(backbone)
+    bare = _config(backbone, checkpoint="builtin:pbmc_small")
+    target = shipped.resolve("builtin:pbmc_small")
+    spellings = ["builtin:pbmc_small/", str(target)]
+    if Path(str(target)).is_file():
+        spellings.append(f"builtin:pbmc_small/{Path(str(target)).name}")
+    for spelling in spellings:
+        assert _config(backbone, checkpoint=spelling) == bare, spelling
+        assert _config(backbone, checkpoint=spelling).model_dump() == bare.model_dump()
+
+
+def test_files_are_named_inside_the_shipped_folder_only() -> None:
+    shipped = _shipped("scbert")
+    for value in ("builtin:pbmc_small/../../checkpoints/__init__.py", "builtin:pbmc_small/nope"):
+        with pytest.raises(ValueError, match="no file .* in the shipped checkpoint 'pbmc_small'"):
+            shipped.resolve(value)
+    # a bare name in a file option is that checkpoint's file for the option, if it has one
+    own = _config("scbert", checkpoint="some.pth", gene_order="builtin:pbmc_small").gene_order
+    assert own == shipped.folder("pbmc_small") / "scbert_gene_order.txt"
+    with pytest.raises(ValueError, match="name a file as 'builtin:pbmc_small/<file>'"):
+        _config("geneformer", checkpoint="/x", gene_name_id_dict="builtin:pbmc_small")
+
+
+def test_the_token_cache_key_hashes_the_shipped_files_not_their_names() -> None:
+    from sctune.core.tokencache import _options
+
+    key = _options(_config("geneformer", checkpoint="builtin:pbmc_small"))
+    assert "file" in key["token_dictionary"] and "file" in key["gene_median_dictionary"]
+    assert "dir" in key["checkpoint"]
+    assert "file" in _options(_config("scbert", checkpoint="builtin:pbmc_small"))["gene_order"]
+
+
+def test_predict_refuses_to_rebuild_other_options_than_the_run_trained(tmp_path: Path) -> None:
+    """A run whose saved options the installed plugins would now read differently (e.g. a run
+    from before a shipped checkpoint decided its value style) is refused, not silently changed."""
+    from sctune.core import artifacts as A
+    from sctune.core.errors import CheckpointError
+    from sctune.core.predictor import rebuild
+
+    res = api.run(
+        "quickstart",
+        [
+            "trainer.epochs=1",
+            "trainer.num_threads=1",
+            "data.max_cells=90",
+            "output.plots=false",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+        progress=False,
+        log=lambda m: None,
+    )
+    manifest = A.read_json(res.run_dir / A.MANIFEST)
+    manifest["backbone"]["config"]["value_style"] = "binned"  # what an older sctune allowed
+    (res.run_dir / A.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="value_style: 'binned' in the run, 'log1p' now"):
+        rebuild(res.run_dir, REGISTRY)

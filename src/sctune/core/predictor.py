@@ -40,6 +40,24 @@ def _explicit(config_cls: Any, options: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _same_options(name: str, rebuilt: dict[str, Any], saved: dict[str, Any]) -> None:
+    """The rebuilt backbone options must be the run's: a plugin whose validation fills in options
+    (a shipped checkpoint's) could otherwise rebuild another model than the one trained."""
+    differ = [k for k in saved if k in rebuilt and _norm(rebuilt[k]) != _norm(saved[k])]
+    if differ:
+        shown = "\n  ".join(f"{k}: {saved[k]!r} in the run, {rebuilt[k]!r} now" for k in differ)
+        raise CheckpointError(
+            f"backbone '{name}' rebuilds with other options than the run was trained with\n  "
+            + shown,
+            hint="the installed sctune or plugin reads these options differently from the one that "
+            "trained the run; rerun the recipe with this version",
+        )
+
+
+def _norm(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
 def _read_recipe(path: Path) -> dict[str, Any]:
     try:
         recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -74,6 +92,8 @@ def rebuild(run_dir: Path, registry: Any, *, checkpoint: Path | None = None) -> 
             raise CheckpointError(f"backbone '{bname}' takes no checkpoint option")
         options["checkpoint"] = str(checkpoint)
     bcfg = backbone.config_cls.model_validate(_explicit(backbone.config_cls, options))
+    if checkpoint is None:
+        _same_options(bname, bcfg.model_dump(mode="json"), options)
     saved, now = manifest["backbone"]["fingerprint"], backbone.fingerprint(bcfg)
     diff = [k for k in saved if saved.get(k) != now.get(k)]
     if diff:

@@ -58,6 +58,7 @@ class Shipped:
         self.path_keys = tuple(path_keys)
         self.fmt = fmt
         self.fixed = tuple(fixed)
+        self._options: dict[str, dict[str, Any]] = {}
 
     # -- names -> folders -------------------------------------------------------------------
     def folder(self, name: str) -> Path:
@@ -72,6 +73,11 @@ class Shipped:
 
     def options(self, name: str) -> dict[str, Any]:
         """The options of ``name``'s ``backbone.yaml`` (without ``name``), paths absolute."""
+        if name not in self._options:
+            self._options[name] = self._read_options(name)
+        return dict(self._options[name])
+
+    def _read_options(self, name: str) -> dict[str, Any]:
         import yaml
 
         folder = self.folder(name)
@@ -96,9 +102,13 @@ class Shipped:
         name, _, rest = str(value)[len(PREFIX) :].partition("/")
         if not rest:
             return self.options(name)["checkpoint"]
-        path = self.folder(name) / rest
-        if not path.exists():
-            raise ValueError(f"'{value}': no file '{rest}' in the shipped checkpoint '{name}'")
+        folder = self.folder(name)
+        path = folder / rest
+        if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+            files = ", ".join(sorted(f.name for f in folder.iterdir() if f.is_file()))
+            raise ValueError(
+                f"'{value}': no file '{rest}' in the shipped checkpoint '{name}' (its files: {files})"
+            )
         return path
 
     def is_ours(self, value: object) -> bool:
@@ -112,9 +122,8 @@ class Shipped:
         if not isinstance(data, dict):
             return data
         out = dict(data)
-        value = out.get("checkpoint")
-        if self.is_ours(value) and "/" not in str(value):
-            name = str(value)[len(PREFIX) :]
+        name = self.shipped_name(out.get("checkpoint"))
+        if name is not None:
             for key, implied in self.options(name).items():
                 if key != "checkpoint" and key not in self.fixed + self.path_keys:
                     continue  # a suggestion (pooling): documented, the recipe's to choose
@@ -129,11 +138,37 @@ class Shipped:
                         f"'{key}' or set it to null (filled in from the checkpoint) or to {shown!r}"
                     )
         for key in self.path_keys:
-            if self.is_ours(out.get(key)):
-                out[key] = self.resolve(out[key])
-            if isinstance(out.get(key), Path):
-                out[key] = str(out[key])  # str and Path options alike accept it
+            value = out.get(key)
+            if key != "checkpoint" and self.is_ours(value) and "/" not in str(value):
+                bare = str(value)[len(PREFIX) :]  # the checkpoint's own file for this option
+                implied = self.options(bare).get(key)
+                if not isinstance(implied, Path):
+                    raise ValueError(
+                        f"'{key}': '{value}' names a shipped checkpoint, which has no {key} "
+                        f"file; name a file as '{value}/<file>'"
+                    )
+                value = implied
+            elif self.is_ours(value) and key != "checkpoint":
+                value = self.resolve(value)
+            elif key == "checkpoint" and name is not None:
+                value = self.options(name)["checkpoint"]
+            if isinstance(value, Path):
+                value = str(value)  # str and Path options alike accept it
+            if key in out or value is not None:
+                out[key] = value
         return out
+
+    def shipped_name(self, value: object) -> str | None:
+        """The name of the shipped checkpoint ``value`` spells (``builtin:<name>``, a trailing
+        slash, ``builtin:<name>/<its checkpoint file>``, the packaged path or a link to it), else
+        ``None`` (also for an unknown name: the field validator reports it, located)."""
+        if value is None or (_named(value) and not self.is_ours(value)):
+            return None
+        try:
+            named = self.name_of(self.resolve(value))
+        except ValueError:
+            return None
+        return named[len(PREFIX) :] if named is not None and "/" not in named else None
 
     def name_of(self, path: object) -> str | None:
         """``builtin:<name>`` for the checkpoint option of a shipped folder,

@@ -90,10 +90,15 @@ def _options(config: Any) -> Any:
     """The backbone options for a cache key: as dumped, except that every path option is the
     path the plugin resolved (a packaged file or folder named in the recipe, e.g.
     ``builtin:<name>``, is hashed by content like any other path)."""
+    from sctune.core.paths import is_path_field
+
     dumped = config.model_dump(mode="json")
+    fields = type(config).model_fields
     for key, value in dict(config).items():
-        if isinstance(value, PurePath):
-            dumped[key] = str(value)
+        path_field = key in fields and is_path_field(fields[key])
+        if isinstance(value, PurePath) or (path_field and isinstance(value, str)):
+            alias = fields[key].alias if key in fields else None
+            dumped[alias if alias in dumped else key] = str(value)
     return _option_value(dumped)
 
 

@@ -123,8 +123,8 @@ class GeneformerConfig(PluginConfig):
     @model_validator(mode="before")
     @classmethod
     def _shipped(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged folder, and the options of its
-        backbone.yaml (its dictionaries, pooling) that the recipe leaves unset."""
+        """``checkpoint: builtin:<name>``: the packaged folder, and its dictionaries where the
+        recipe leaves them unset or null."""
         from sctune.backbones.geneformer.checkpoints import SHIPPED
 
         return SHIPPED.expand(data)

@@ -21,8 +21,8 @@ class ScBERTConfig(PluginConfig):
     checkpoint: Path | None = Field(
         None,
         description="scBERT .pth file (dict with 'model_state_dict', e.g. panglao_pretrained.pth);"
-        " 'builtin:pbmc_small' = sctune's own small checkpoint (fills in its gene order, gene2vec"
-        " and sizes where unset); null: random initialisation",
+        " 'builtin:pbmc_small' = sctune's own small checkpoint (fills in its gene order and sizes"
+        " where unset); null: random initialisation",
     )
     gene2vec: Path | None = Field(
         None,
@@ -77,8 +77,8 @@ class ScBERTConfig(PluginConfig):
     @model_validator(mode="before")
     @classmethod
     def _builtin(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged .pth, and the options of its
-        backbone.yaml (gene order, gene2vec, sizes, pooling) that the recipe leaves unset."""
+        """``checkpoint: builtin:<name>``: the packaged .pth, and the options it decides (gene
+        order, sizes) where the recipe leaves them unset or null."""
         from sctune.backbones.scbert.checkpoints import SHIPPED
 
         return SHIPPED.expand(data)
@@ -90,7 +90,7 @@ class ScBERTConfig(PluginConfig):
 
         return SHIPPED.resolve(value)  # an unknown builtin name: ValueError naming the shipped
 
-    @field_serializer("checkpoint", "gene_order", "gene2vec")
+    @field_serializer("checkpoint", "gene_order")
     def _builtin_name(self, value: Path | None) -> object:
         """A shipped checkpoint's files are written back by name (recipe.resolved.yaml then
         loads them from whichever installation reads the run)."""

@@ -99,8 +99,8 @@ class ScGPTConfig(PluginConfig):
     @model_validator(mode="before")
     @classmethod
     def _builtin(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged folder, and the options of its
-        backbone.yaml that the recipe leaves unset."""
+        """``checkpoint: builtin:<name>``: the packaged folder, and its ``value_style`` where the
+        recipe leaves it unset or null."""
         from sctune.backbones.scgpt.checkpoints import SHIPPED
 
         return SHIPPED.expand(data)
