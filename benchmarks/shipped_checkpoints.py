@@ -19,7 +19,8 @@ pretraining file (pbmc3k, Zheng): fine-tune nothing, embed with the random and t
 backbone on the split of ``pretraining_cells.json`` restricted to that file (train = cells that
 pretrained the checkpoint, test = cells it never saw), and score a kNN (the ``zero_shot``
 method), a logistic regression on the embedding, and a logistic regression on the file's
-log-normalised genes (the ceiling the 0.9x goal of issue 10 refers to). Needs ../shared/data
+log-normalised genes (the ceiling the 0.9x goal of issue 10 refers to). ``--probe-method lora``
+trains that method on the same training cells instead of the kNN. Needs ../shared/data
 (``--pool`` reuses files written by ``--pretrain``).
 
 Prints a markdown table (macro F1 mean +- sd over the seeds) to paste into docs/results.md.
@@ -161,8 +162,16 @@ def _logreg(X: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> flo
     return float(f1_score(y[te], model.predict(X[te]), average="macro"))
 
 
-def probe(backbone: str, checkpoint: str, out: Path, pool: Path | None, extra: list[str]) -> None:
-    """The frozen embedding, random vs pretrained, on the checkpoint's own held-out cells."""
+def probe(
+    backbone: str,
+    checkpoint: str,
+    out: Path,
+    pool: Path | None,
+    extra: list[str],
+    method: str = "zero_shot",
+) -> None:
+    """The frozen embedding (or ``method`` trained on the training cells), random vs pretrained,
+    on the checkpoint's own held-out cells."""
     import anndata as ad
 
     cls = api.get_registry().get("backbone", backbone).cls.config_cls
@@ -185,12 +194,12 @@ def probe(backbone: str, checkpoint: str, out: Path, pool: Path | None, extra: l
         split_file.write_text(json.dumps(split))
         genes_f1 = None
         for setup in ("random", "pretrained"):
-            run_dir = out / f"probe-{setup}-{file.stem}"
+            run_dir = out / f"probe-{method}-{setup}-{file.stem}"
             overrides = [
                 f"data.path={file}",
                 "data.label_column=cell_type",
                 f"data.split.file={split_file}",
-                "adapter={name: zero_shot}",
+                f"adapter={{name: {method}}}",
                 f"output.dir={run_dir}",
                 "output.overwrite=true",
                 "output.plots=false",
@@ -231,13 +240,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="override for every run")
     ap.add_argument("--probe", action="store_true", help="the frozen embedding on held-out cells")
     ap.add_argument("--pool", type=Path, default=None, help="--probe: the pooled files' folder")
+    ap.add_argument("--probe-method", default="zero_shot", help="--probe: the method to score")
     args = ap.parse_args()
     out = args.out or Path(f"runs/shipped_{args.backbone}")
     recipe = RECIPE[args.backbone]
     if args.pretrain:
         args.checkpoint = str(pretrain(args.backbone, out, args.pretrain_set))
     if args.probe:
-        probe(args.backbone, args.checkpoint, out, args.pool, args.set)
+        probe(args.backbone, args.checkpoint, out, args.pool, args.set, args.probe_method)
         return
     options = setups(args.backbone, args.checkpoint)
     chosen = args.setups.split(",")
