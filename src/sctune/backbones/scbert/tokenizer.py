@@ -98,7 +98,10 @@ def expression_levels(expr: Expression, order: Sequence[str]) -> tuple[np.ndarra
         notes.append(
             "expression looks log-normalised, not counts; assuming ln(1+x) of counts scaled to "
             "10,000 and converting to log2 (scBERT used log2(1+x) of counts scaled to 10,000 "
-            "over its gene order); give raw counts for the exact preprocessing"
+            "over its gene order); give raw counts for the exact preprocessing: values scaled "
+            "over the whole library sit lower than counts scaled over a gene order that holds "
+            "part of a cell's counts (5-7x for a 762-gene order), so a checkpoint pretrained on "
+            "counts sees lower bins than it was trained on"
         )
     genes, _ = _pick_namespace(expr, order)
     select = _reindex_matrix(genes, order)
