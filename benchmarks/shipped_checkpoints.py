@@ -181,9 +181,10 @@ def probe(
     record = json.loads((folder / "pretraining_cells.json").read_text())
     files = sorted(pool.glob("*.h5ad")) if pool else write_pool(out / "data")
     options = setups(backbone, checkpoint)
-    frozen = frozen_options(backbone, "zero_shot")
+    frozen = frozen_options(backbone, method)
     print(
-        "| file (test cells) | setup | kNN | logistic regression on the embedding | on the genes |"
+        f"| file (test cells) | setup | {'kNN' if method == 'zero_shot' else method} "
+        "| logistic regression on the embedding | on the genes |"
     )
     print("|---|---|---|---|---|")
     for file in files:
