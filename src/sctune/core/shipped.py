@@ -25,7 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import field_validator, model_serializer, model_validator
+
+from sctune.core.config import PluginConfig
 
 PREFIX = "builtin:"
 
@@ -211,3 +215,32 @@ def _same(given: object, implied: object, shipped: Shipped) -> bool:
 
 def _named(value: object) -> bool:
     return isinstance(value, str) and value.startswith(PREFIX)
+
+
+class ShippedCheckpointConfig(PluginConfig):
+    """Base of a backbone config whose ``checkpoint`` may name a shipped checkpoint: set the class
+    variable ``shipped`` (a :class:`Shipped`). It expands ``builtin:<name>`` before validation,
+    reports an unknown name on ``checkpoint`` (located), and writes the packaged paths of
+    ``shipped.path_keys`` back by name."""
+
+    shipped: ClassVar[Shipped]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shipped(cls, data: object) -> object:
+        return cls.shipped.expand(data)
+
+    @field_validator("checkpoint", mode="before", check_fields=False)
+    @classmethod
+    def _known_shipped(cls, value: object) -> object:
+        resolved = cls.shipped.resolve(value)  # an unknown name: ValueError naming the shipped
+        return str(resolved) if isinstance(resolved, Path) else resolved
+
+    @model_serializer(mode="wrap")
+    def _shipped_by_name(self, handler: Any) -> Any:
+        out = handler(self)
+        if isinstance(out, dict):
+            for key in self.shipped.path_keys:
+                if key in out:
+                    out[key] = self.shipped.serialize(getattr(self, key))
+        return out

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
-    field_serializer,
     field_validator,
     model_validator,
 )
 
+from sctune.backbones.geneformer.checkpoints import SHIPPED
 from sctune.backbones.geneformer.dictionaries import check_builtin, is_builtin
-from sctune.core.config import PathField, PluginConfig
+from sctune.core.config import PathField
+from sctune.core.shipped import Shipped, ShippedCheckpointConfig
 
 _INLINE = (
     "hidden_size",
@@ -26,13 +27,15 @@ _INLINE = (
 )
 
 
-class GeneformerConfig(PluginConfig):
+class GeneformerConfig(ShippedCheckpointConfig):
     """Options of ``backbone: {name: geneformer, ...}``.
 
     Weights come from ``checkpoint`` (a Hugging Face model folder). Without one the model is
     randomly initialised with the shape of ``model_config`` (a ``config.json``) or of the inline
     sizes (V1-10M sizes where unset).
     """
+
+    shipped: ClassVar[Shipped] = SHIPPED
 
     # 'model_config' is pydantic's own attribute name, so the field is 'model_config_path' with the
     # recipe key 'model_config' as alias (accepted under both names, dumped as 'model_config').
@@ -119,33 +122,6 @@ class GeneformerConfig(PluginConfig):
         description="accept log1p-normalised input by undoing the log (expm1) and ranking those "
         "values; an approximation of Geneformer's counts input",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shipped(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged folder, and its dictionaries where the
-        recipe leaves them unset or null."""
-        from sctune.backbones.geneformer.checkpoints import SHIPPED
-
-        return SHIPPED.expand(data)
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _unknown_shipped(cls, value: object) -> object:
-        from sctune.backbones.geneformer.checkpoints import SHIPPED
-
-        resolved = SHIPPED.resolve(value)  # an unknown name: ValueError naming the shipped
-        return str(resolved) if isinstance(resolved, Path) else resolved
-
-    @field_serializer(
-        "checkpoint", "token_dictionary", "gene_median_dictionary", "gene_name_id_dict"
-    )
-    def _shipped_name(self, value: str | None) -> object:
-        """A shipped checkpoint's files are written back by name (recipe.resolved.yaml then
-        loads them from whichever installation reads the run)."""
-        from sctune.backbones.geneformer.checkpoints import SHIPPED
-
-        return SHIPPED.serialize(value)
 
     @field_validator(
         "token_dictionary", "gene_median_dictionary", "gene_name_id_dict", "ensembl_mapping_dict"

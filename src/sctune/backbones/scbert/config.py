@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import Field
 
-from sctune.core.config import PluginConfig
+from sctune.backbones.scbert.checkpoints import SHIPPED
+from sctune.core.shipped import Shipped, ShippedCheckpointConfig
 
 
-class ScBERTConfig(PluginConfig):
+class ScBERTConfig(ShippedCheckpointConfig):
     """Options of ``backbone: {name: scbert, ...}``.
 
     With no ``checkpoint`` the model is randomly initialised; ``resolve`` then writes the gene
     order (the data's genes), a seeded gene2vec and a seeded checkpoint into the run directory so
     that ``sctune predict`` rebuilds the same model.
     """
+
+    shipped: ClassVar[Shipped] = SHIPPED
 
     checkpoint: Path | None = Field(
         None,
@@ -73,27 +76,3 @@ class ScBERTConfig(PluginConfig):
     init_seed: int = Field(
         0, description="seed of the random weights written by resolve when there is no checkpoint"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _builtin(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged .pth, and the options it decides (gene
-        order, sizes) where the recipe leaves them unset or null."""
-        from sctune.backbones.scbert.checkpoints import SHIPPED
-
-        return SHIPPED.expand(data)
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _unknown_builtin(cls, value: object) -> object:
-        from sctune.backbones.scbert.checkpoints import SHIPPED
-
-        return SHIPPED.resolve(value)  # an unknown builtin name: ValueError naming the shipped
-
-    @field_serializer("checkpoint", "gene_order")
-    def _builtin_name(self, value: Path | None) -> object:
-        """A shipped checkpoint's files are written back by name (recipe.resolved.yaml then
-        loads them from whichever installation reads the run)."""
-        from sctune.backbones.scbert.checkpoints import SHIPPED
-
-        return SHIPPED.serialize(value)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from sctune.core.config import PluginConfig
+from sctune.backbones.scgpt.checkpoints import SHIPPED
+from sctune.core.shipped import Shipped, ShippedCheckpointConfig
 
 ARCH_FIELDS = ("embsize", "nheads", "d_hid", "nlayers")
 
 
-class ScGPTConfig(PluginConfig):
+class ScGPTConfig(ShippedCheckpointConfig):
     """Options of the scGPT backbone (``backbone:`` block of a recipe)."""
+
+    shipped: ClassVar[Shipped] = SHIPPED
 
     checkpoint: Path | None = Field(
         default=None,
@@ -95,30 +98,6 @@ class ScGPTConfig(PluginConfig):
         le=1.0,
         description="refuse data where fewer than this fraction of genes is in the vocabulary",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _builtin(cls, data: object) -> object:
-        """``checkpoint: builtin:<name>``: the packaged folder, and its ``value_style`` where the
-        recipe leaves it unset or null."""
-        from sctune.backbones.scgpt.checkpoints import SHIPPED
-
-        return SHIPPED.expand(data)
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _unknown_builtin(cls, value: object) -> object:
-        from sctune.backbones.scgpt.checkpoints import SHIPPED
-
-        return SHIPPED.resolve(value)  # an unknown builtin name: ValueError naming the shipped
-
-    @field_serializer("checkpoint")
-    def _builtin_name(self, value: Path | None) -> object:
-        """A shipped checkpoint is written back as its name (recipe.resolved.yaml then loads
-        it from whichever installation reads the run)."""
-        from sctune.backbones.scgpt.checkpoints import SHIPPED
-
-        return SHIPPED.serialize(value)
 
     @model_validator(mode="after")
     def _check(self) -> ScGPTConfig:
